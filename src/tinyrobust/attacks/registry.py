@@ -1,0 +1,168 @@
+"""The attacks tinyrobust knows, each with its threat model and default budget.
+
+``build(target, eps, params)`` returns an object with ``generate(x, y) -> x_adv`` (numpy, NCHW,
+[0, 1]). ``eps`` is in [0, 1] input units (pixel/255 divided by 255), ``None`` for the
+minimum-norm attacks (``uses_eps=False``): those run once and are scored at every budget by
+counting an example as broken at eps only if it is misclassified AND its L-inf distance is
+<= eps (+1e-6), so all attacks share one L-inf table.
+
+Default budgets keep 100 images of an ~80k-parameter CNN to minutes on a 2-core CPU; raise
+them with ``params`` / ``--set attack.key=value`` for final numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import AttackError
+from ..registry import Registry
+
+FAMILIES = ("white", "black")
+
+MIN_NORM_RULE = "scored at each eps as broken only if misclassified AND L-inf distance <= eps (+1e-6)"
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    family: str  # "white" | "black"
+    threat_model: str
+    norm: str  # the norm the attack itself optimises: "inf" | "2"
+    uses_eps: bool
+    defaults: dict[str, Any]
+    build: Callable[..., Any]
+    needs_surrogate: bool = False  # crafted on a surrogate model, evaluated on the target
+
+
+ATTACKS: Registry[AttackSpec] = Registry("attack")
+
+
+def _register(spec: AttackSpec) -> None:
+    ATTACKS.register(spec.name)(spec)
+
+
+def _art():
+    from art.attacks import evasion  # lazy: importing ART costs seconds
+
+    return evasion
+
+
+def _build_fgsm(t, eps, p):
+    return _art().FastGradientMethod(t.art, norm="inf", eps=eps, batch_size=t.batch_size)
+
+
+def _build_pgd(t, eps, p):
+    return _art().ProjectedGradientDescent(
+        t.art, norm="inf", eps=eps, eps_step=p["step_scale"] * eps / p["steps"], max_iter=p["steps"],
+        num_random_init=p["random_starts"], batch_size=t.batch_size, verbose=False,
+    )
+
+
+def _build_autoattack(t, eps, p):
+    from .torch_attacks import AutoAttackAPGD
+
+    return AutoAttackAPGD(t, eps, steps=p["steps"], restarts=p["restarts"])
+
+
+def _build_square(t, eps, p):
+    from .torch_attacks import SquareLinf
+
+    return SquareLinf(t, eps, queries=p["queries"], p_init=p["p_init"])
+
+
+def _build_cw(t, eps, p):
+    from .torch_attacks import CarliniWagnerL2
+
+    return CarliniWagnerL2(t, steps=p["steps"], binary_search_steps=p["binary_search_steps"], lr=p["lr"],
+                           initial_const=p["initial_const"], confidence=p["confidence"])
+
+
+def _build_hopskipjump(t, eps, p):
+    return _art().HopSkipJump(t.art, targeted=False, norm="inf", batch_size=t.batch_size, verbose=False, **p)
+
+
+def _build_boundary(t, eps, p):
+    return _art().BoundaryAttack(t.art, targeted=False, batch_size=t.batch_size, verbose=False, **p)
+
+
+def _build_zoo(t, eps, p):
+    # batch_size=1: ZOO already evaluates nb_parallel coordinates per image in one batch.
+    return _art().ZooAttack(t.art, targeted=False, batch_size=1, use_resize=False, use_importance=False,
+                            verbose=False, **p)
+
+
+_PGD_DEFAULTS = {"steps": 20, "step_scale": 2.5, "random_starts": 1}
+
+for _spec in (
+    AttackSpec("fgsm", "white", "L-inf, eps per run, one signed-gradient step, no random start (ART)",
+               "inf", True, {}, _build_fgsm),
+    AttackSpec("pgd", "white", "L-inf, eps per run, 20 steps of 2.5*eps/steps, 1 random start (ART)",
+               "inf", True, dict(_PGD_DEFAULTS), _build_pgd),
+    AttackSpec("autoattack", "white",
+               "L-inf, eps per run: APGD-CE then APGD-DLR on survivors, 100 steps each, random start; "
+               "broken if any iterate is misclassified (AutoAttack's white-box part; worst_case adds square)",
+               "inf", True, {"steps": 100, "restarts": 1}, _build_autoattack),
+    AttackSpec("cw", "white",
+               f"Carlini-Wagner L2 minimum-norm, unbounded, 5 binary-search x 50 Adam steps; {MIN_NORM_RULE}; "
+               "also reports accuracy after the unbounded attack and median L2",
+               "2", False,
+               {"steps": 50, "binary_search_steps": 5, "lr": 0.01, "initial_const": 1.0, "confidence": 0.0},
+               _build_cw),
+    AttackSpec("square", "black", "L-inf, eps per run, score-based random search, <= 1000 queries/image",
+               "inf", True, {"queries": 1000, "p_init": 0.8}, _build_square),
+    AttackSpec("hopskipjump", "black",
+               f"L-inf minimum-norm, decision-based, 5 iterations (~500 queries/image) (ART); {MIN_NORM_RULE}",
+               "inf", False, {"max_iter": 5, "max_eval": 500, "init_eval": 50, "init_size": 100},
+               _build_hopskipjump),
+    AttackSpec("boundary", "black",
+               f"L2 minimum-norm, decision-based, 50 iterations (~700 queries/image) (ART); {MIN_NORM_RULE}",
+               "2", False, {"max_iter": 50, "num_trial": 10, "sample_size": 10, "init_size": 100},
+               _build_boundary),
+    AttackSpec("zoo", "black",
+               f"L2 minimum-norm, score-based coordinate descent, 10 iterations (ART); weak at this budget, "
+               f"a sanity check only; {MIN_NORM_RULE}",
+               "2", False,
+               {"max_iter": 10, "binary_search_steps": 1, "nb_parallel": 128, "learning_rate": 0.1,
+                "initial_const": 1.0},
+               _build_zoo),
+    AttackSpec("transfer", "black",
+               "L-inf, eps per run: PGD (20 steps, random start) crafted on a separately trained surrogate "
+               "model, evaluated on the target (one query per image)",
+               "inf", True, dict(_PGD_DEFAULTS), _build_pgd, needs_surrogate=True),
+):
+    _register(_spec)
+
+
+def get_attack(name: str) -> AttackSpec:
+    if name not in ATTACKS:
+        raise AttackError(f"unknown attack {name!r}; {_choices()}")
+    return ATTACKS.get(name)
+
+
+def family_members(family: str, *, surrogate_available: bool = True) -> list[str]:
+    return [n for n in ATTACKS if (family == "all" or ATTACKS.get(n).family == family)
+            and (surrogate_available or not ATTACKS.get(n).needs_surrogate)]
+
+
+def expand_attack_names(spec: str, *, surrogate_available: bool = True) -> list[str]:
+    """``"fgsm,pgd"`` / ``"white"`` / ``"black"`` / ``"all"`` -> attack names, in order, no repeats.
+
+    Families leave out ``transfer`` when no surrogate is available; naming it explicitly keeps it
+    (and the run then fails with a clear message)."""
+    names: list[str] = []
+    for part in (p.strip() for p in str(spec).split(",")):
+        if not part:
+            continue
+        if part in FAMILIES or part == "all":
+            names.extend(family_members(part, surrogate_available=surrogate_available))
+        else:
+            names.append(get_attack(part).name)
+    if not names:
+        raise AttackError(f"no attack given; {_choices()}")
+    return list(dict.fromkeys(names))
+
+
+def _choices() -> str:
+    fams = ", ".join(f"{f} ({', '.join(family_members(f))})" for f in FAMILIES)
+    return f"choose from: {', '.join(ATTACKS.names())}, or a family: {fams}, all"

@@ -1,0 +1,112 @@
+"""Command-line entry point: a thin layer that parses arguments and calls the library.
+
+Errors a user can cause are TinyRobustError: printed as one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List
+
+from .errors import TinyRobustError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train_run
+
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if args.config is None and not (args.resume and run_dir and (run_dir / "config.yaml").is_file()):
+        raise TinyRobustError("--config is required (or --resume with a --run-dir that holds config.yaml)")
+    cfg_path = args.config if args.config else run_dir / "config.yaml"
+    cfg = load_config(cfg_path, args.set)
+    run_dir = run_dir or Path("runs") / cfg.name
+    summary = train_run(cfg, run_dir, resume=args.resume, data_dir=args.data_dir, progress=not args.quiet)
+    print(f"{cfg.name}: test accuracy {100 * summary['test_accuracy']:.2f}%, "
+          f"{summary['weight_kb']:.1f} KB of weights; run in {run_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import eval_run, format_eval
+
+    r = eval_run(args.run, data_dir=args.data_dir)
+    print(json.dumps({k: v for k, v in r.items() if k != "layers"}, indent=2) if args.json else format_eval(r))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .config import ACT_QUANTS, WEIGHT_QUANTS
+    from .data import DATASETS
+    from .models import MODELS
+
+    print("models:             " + ", ".join(MODELS.names()))
+    print("datasets:           " + ", ".join(DATASETS.names()))
+    print("weight quantizers:  " + ", ".join(WEIGHT_QUANTS))
+    print("act quantizers:     " + ", ".join(ACT_QUANTS))
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, Dict[str, Command]]:
+    p = argparse.ArgumentParser(prog="tinyrobust", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    handlers: Dict[str, Command] = {}
+
+    t = sub.add_parser("train", help="train a model from a config (QAT + Jacobian regularization)")
+    t.add_argument("--config", help="YAML config (see configs/)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+    t.add_argument("--run-dir", help="output folder (default runs/<config name>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    t.add_argument("--data-dir", help="where datasets live (default $TINYROBUST_DATA)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    handlers["train"] = _train
+
+    e = sub.add_parser("eval", help="clean accuracy, parameters and weight memory of a run")
+    e.add_argument("--run", required=True, help="run directory")
+    e.add_argument("--data-dir")
+    e.add_argument("--json", action="store_true")
+    handlers["eval"] = _eval
+
+    m = sub.add_parser("list", help="list registered models, datasets and quantizers")
+    handlers["list"] = _models
+
+    for module in _command_modules():
+        name = module.add_parser(sub)
+        handlers[name] = module.run
+    return p, handlers
+
+
+def _command_modules() -> List:
+    """Commands that live beside their package (attack, export, reproduce, ...)."""
+    import importlib
+
+    mods = []
+    for path in ("tinyrobust.attacks.cli_command", "tinyrobust.export.cli_command", "tinyrobust.report.cli_command"):
+        try:
+            mods.append(importlib.import_module(path))
+        except ModuleNotFoundError as exc:
+            if exc.name != path:
+                raise
+    return mods
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return handlers[args.command](args)
+    except TinyRobustError as exc:
+        print(f"tinyrobust {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tinyrobust {args.command}: interrupted; finished work is kept (resume to continue)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

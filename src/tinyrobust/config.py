@@ -1,0 +1,233 @@
+"""Experiment configs: YAML files in configs/, validated against a typed schema.
+
+Every key is checked: an unknown key, a wrong type or an out-of-range value raises ConfigError
+naming the key's full path and what is allowed. ``--set a.b=value`` overrides are parsed as YAML
+scalars and go through the same checks.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+WEIGHT_QUANTS = ["float"] + [f"int{b}" for b in range(2, 9)] + ["ternary", "stochastic_ternary", "binary"]
+ACT_QUANTS = ["float"] + [f"int{b}" for b in range(2, 9)]
+
+
+def _meta(*, choices=None, lo=None, hi=None, doc=""):
+    return {"choices": choices, "lo": lo, "hi": hi, "doc": doc}
+
+
+@dataclass
+class LayerQuant:
+    weight: Optional[str] = field(default=None, metadata=_meta(choices=WEIGHT_QUANTS))
+    act: Optional[str] = field(default=None, metadata=_meta(choices=ACT_QUANTS))
+
+
+@dataclass
+class QuantConfig:
+    weight: str = field(default="float", metadata=_meta(choices=WEIGHT_QUANTS, doc="default weight quantizer"))
+    act: str = field(default="float", metadata=_meta(choices=ACT_QUANTS, doc="default activation quantizer"))
+    first_weight: Optional[str] = field(
+        default=None, metadata=_meta(choices=WEIGHT_QUANTS, doc="first layer (null: same as weight)")
+    )
+    last_weight: Optional[str] = field(
+        default=None, metadata=_meta(choices=WEIGHT_QUANTS, doc="classifier layer (null: same as weight)")
+    )
+    overrides: Dict[str, LayerQuant] = field(default_factory=dict, metadata=_meta(doc="per-layer quantizers"))
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"
+    data_dir: Optional[str] = None
+    train_subset: Optional[int] = field(default=None, metadata=_meta(lo=10, doc="stratified training subset size"))
+    test_subset: Optional[int] = field(default=None, metadata=_meta(lo=10, doc="stratified test subset size"))
+
+
+@dataclass
+class ModelConfig:
+    name: str = "qnn"
+    quant: QuantConfig = field(default_factory=QuantConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=10, metadata=_meta(lo=1, hi=10000))
+    batch_size: int = field(default=128, metadata=_meta(lo=1, hi=65536))
+    optimizer: str = field(default="sgd", metadata=_meta(choices=["sgd", "adam"]))
+    lr: float = field(default=0.05, metadata=_meta(lo=0.0, hi=10.0))
+    momentum: float = field(default=0.9, metadata=_meta(lo=0.0, hi=1.0))
+    nesterov: bool = True
+    weight_decay: float = field(default=5e-4, metadata=_meta(lo=0.0, hi=1.0))
+    schedule: str = field(default="cosine", metadata=_meta(choices=["cosine", "constant"]))
+    warmup_epochs: float = field(default=0.0, metadata=_meta(lo=0.0, hi=1000.0))
+    label_smoothing: float = field(default=0.0, metadata=_meta(lo=0.0, hi=0.5))
+    augment: Optional[bool] = field(default=None, metadata=_meta(doc="null: the dataset's default"))
+    threads: int = field(default=2, metadata=_meta(lo=1, hi=512))
+    max_batches_per_epoch: Optional[int] = field(default=None, metadata=_meta(lo=1, doc="cap for smoke tests"))
+
+
+@dataclass
+class JRConfig:
+    """Jacobian regularization (Hoffman et al. 2019): loss = CE + lambda/2 * ||J||_F^2 estimate."""
+
+    weight: float = field(default=0.0, metadata=_meta(lo=0.0, hi=1e6, doc="lambda for the input->logits Jacobian"))
+    n_proj: int = field(default=1, metadata=_meta(lo=1, hi=1000, doc="random projections per step"))
+    layers: Dict[str, float] = field(default_factory=dict, metadata=_meta(lo=0.0, hi=1e6, doc="block name -> lambda"))
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = field(default=0, metadata=_meta(lo=0, hi=2**31 - 1))
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    jr: JRConfig = field(default_factory=JRConfig)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin in (dict, Dict):
+        k, v = typing.get_args(tp)
+        return f"mapping of {_type_name(k)} -> {_type_name(v)}"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_scalar(path: str, value: Any, tp: Any, meta: dict) -> Any:
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{path}: {value!r} is not allowed; choose one of: {', '.join(map(str, choices))}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ConfigError(f"{path}: {value!r} is out of range; allowed {rng}")
+    return value
+
+
+def _parse(path: str, value: Any, tp: Any, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _parse(path, value, args[0], meta)
+    if value is None:
+        raise ConfigError(f"{path}: must not be null; expected {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        return _parse_dataclass(path, value, tp)
+    if origin in (dict, Dict):
+        ktp, vtp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{path}: keys must be strings, got {k!r}")
+            out[k] = _parse(f"{path}.{k}", v, vtp, meta if not dataclasses.is_dataclass(vtp) else {})
+        return out
+    return _check_scalar(path, value, tp, meta)
+
+
+def _parse_dataclass(path: str, value: Any, cls: type) -> Any:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {value!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in value if k not in fields]
+    if unknown:
+        where = path or "config"
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _parse(f"{path}.{name}" if path else name, value[name], hints[name], dict(f.metadata))
+    return cls(**kwargs)
+
+
+def config_from_dict(d: Dict[str, Any]) -> RunConfig:
+    return _parse_dataclass("", d, RunConfig)
+
+
+def config_to_dict(cfg: Any) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(d: Dict[str, Any], overrides: list[str]) -> Dict[str, Any]:
+    """Apply ``key.path=value`` strings (value parsed as YAML) to a raw config dict."""
+    d = copy.deepcopy(d)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=5")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+        node = d
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return d
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    raw: Dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found; see configs/ for examples")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys")
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

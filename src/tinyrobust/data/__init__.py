@@ -1,0 +1,28 @@
+"""Datasets as in-memory uint8 arrays, read safely from the official files, decoded once and cached.
+
+Importing this package registers the built-in datasets ("cifar10", "svhn") in ``DATASETS``.
+"""
+
+from . import cifar10, svhn  # noqa: F401  (registration)
+from .archive import download, extract_tar, md5_file, sha256_file
+from .datasets import DATASETS, ArrayDataset, DatasetInfo, dataset_info, load_dataset, register_dataset
+from .imagefolder import load_image_folder, read_image_folder
+from .loader import BatchIterator, stratified_subset, to_tensors
+
+__all__ = [
+    "DATASETS",
+    "ArrayDataset",
+    "BatchIterator",
+    "DatasetInfo",
+    "dataset_info",
+    "download",
+    "extract_tar",
+    "load_dataset",
+    "load_image_folder",
+    "md5_file",
+    "read_image_folder",
+    "register_dataset",
+    "sha256_file",
+    "stratified_subset",
+    "to_tensors",
+]

@@ -1,0 +1,107 @@
+"""Batches from an in-memory ``ArrayDataset``, without DataLoader workers.
+
+The whole dataset is one uint8 array, so a batch is one fancy-index plus one vectorised crop/flip:
+faster than per-sample transforms and exactly reproducible, since every random draw comes from one
+``torch.Generator`` seeded from (seed, epoch).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .datasets import ArrayDataset
+
+PAD = 4  # random-crop padding, in pixels (the standard CIFAR recipe)
+
+
+def _as_nchw_float(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2).contiguous().float().div_(255)
+
+
+def to_tensors(ds: ArrayDataset, indices: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x float32 NCHW in [0, 1], y int64)`` for ``indices`` (default: all)."""
+    x, y = (ds.x, ds.y) if indices is None else (ds.x[indices], ds.y[indices])
+    return _as_nchw_float(torch.from_numpy(np.ascontiguousarray(x))), torch.tensor(y)
+
+
+def _generator(seed: int, epoch: int) -> torch.Generator:
+    # SeedSequence mixes (seed, epoch) so nearby pairs give unrelated streams
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with ``PAD`` zero pixels each side plus random horizontal flip, on a uint8 NHWC
+    batch, as a single gather: the flip is folded into the column index."""
+    n, h, w, _ = x.shape
+    padded = torch.nn.functional.pad(x, (0, 0, PAD, PAD, PAD, PAD))
+    top = torch.randint(0, 2 * PAD + 1, (n, 1), generator=gen)
+    left = torch.randint(0, 2 * PAD + 1, (n, 1), generator=gen)
+    flip = torch.rand(n, 1, generator=gen) < 0.5
+    rows = top + torch.arange(h)
+    cols = left + torch.where(flip, torch.arange(w - 1, -1, -1), torch.arange(w))
+    return padded[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+class BatchIterator:
+    """Iterates ``(x float32 NCHW in [0, 1], y int64)`` batches of ``ds``.
+
+    The order (``shuffle``) and the augmentation (``augment``: random crop + flip) of one pass are a
+    pure function of (seed, epoch): iterating twice gives identical batches, and resuming a run at
+    epoch k reproduces epoch k. Make one per epoch."""
+
+    def __init__(
+        self,
+        ds: ArrayDataset,
+        batch_size: int,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_last: bool = False,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.ds, self.batch_size, self.shuffle, self.augment = ds, batch_size, shuffle, augment
+        self.seed, self.epoch, self.drop_last = seed, epoch, drop_last
+        self._x = torch.from_numpy(ds.x)
+        self._y = torch.from_numpy(ds.y)
+
+    def __len__(self) -> int:
+        n = len(self.ds)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = _generator(self.seed, self.epoch)
+        n = len(self.ds)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self._x[idx]
+            if self.augment:
+                x = augment_batch(x, gen)
+            yield _as_nchw_float(x), self._y[idx]
+
+
+def stratified_subset(ds_or_labels: ArrayDataset | np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` samples with the class proportions of the whole set.
+
+    Depends only on (labels, n, seed), so every model is attacked on the same samples. Each class
+    gets its floor share, the rest goes to the largest remainders; within a class the samples are
+    the first of a seeded permutation, so a smaller ``n`` picks (nearly) a subset of a larger one."""
+    labels = np.asarray(ds_or_labels.y if isinstance(ds_or_labels, ArrayDataset) else ds_or_labels)
+    total = len(labels)
+    if not 0 < n <= total:
+        raise DataError(f"cannot pick a subset of {n} samples from a set of {total}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * n / total
+    take = np.floor(share).astype(int)
+    rest = np.argsort(-(share - take), kind="stable")[: n - take.sum()]
+    take[rest] += 1
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)

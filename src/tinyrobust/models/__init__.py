@@ -1,0 +1,8 @@
+"""Model registry. Importing this package registers every built-in model."""
+
+from . import qnn as _qnn  # noqa: F401  (registers "qnn")
+from . import resnet8 as _resnet8  # noqa: F401  (registers "mlc_resnet8")
+from .base import LayerPlan, Normalize, TinyModel, plan_layers
+from .registry import MODELS, build_model
+
+__all__ = ["MODELS", "build_model", "LayerPlan", "Normalize", "TinyModel", "plan_layers"]

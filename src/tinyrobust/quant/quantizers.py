@@ -1,0 +1,124 @@
+"""Named weight and activation quantizers, built from Brevitas parts.
+
+The paper used QKeras; QKeras is unmaintained, so each of its quantizers is mapped onto a Brevitas
+quantizer (see docs/quantization.md for the table):
+
+- ``intN`` (N = 2..8) weights: QKeras ``quantized_bits(N, 0, alpha=1)`` ~ Brevitas narrow-range
+  signed integer, per-output-channel float scale from the max |w| statistic.
+- ``ternary``: QKeras ``ternary()`` ~ 2-bit narrow integer {-1, 0, +1} times a per-channel scale
+  learned from the mean |w| statistic (TWN-style threshold at half the scale).
+- ``stochastic_ternary``: QKeras ``stochastic_ternary()`` ~ the same grid, with stochastic rounding
+  during training and deterministic rounding at inference (so attacks face a deterministic model).
+- ``binary``: QKeras ``binary(alpha=...)`` ~ Brevitas clamped binary {-1, +1} with a per-channel
+  mean-|w| scale (XNOR-Net style).
+- activations ``intN``: QKeras ``quantized_relu(N)`` ~ Brevitas ``QuantReLU`` with an unsigned
+  N-bit grid and a learned per-tensor scale.
+
+All of them pass gradients with straight-through estimators, which is what white-box attacks use.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn as nn
+from brevitas.inject.enum import FloatToIntImplType, ScalingImplType, StatsOp
+from brevitas.quant import Int8WeightPerChannelFloat, Uint8ActPerTensorFloat
+from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
+from brevitas.core.function_wrapper import TensorClamp
+from brevitas.core.quant import BinaryQuant
+from brevitas.core.scaling import ScalingPerOutputType
+
+from ..config import ACT_QUANTS, WEIGHT_QUANTS
+from ..errors import ConfigError
+
+
+class TernaryWeight(Int8WeightPerChannelFloat):
+    bit_width = 2
+    scaling_impl_type = ScalingImplType.PARAMETER_FROM_STATS
+    scaling_stats_op = StatsOp.AVE
+
+
+class StochasticTernaryWeight(TernaryWeight):
+    float_to_int_impl_type = FloatToIntImplType.STOCHASTIC_ROUND
+    deterministic_inference = True
+
+
+class BinaryWeight(SignedBinaryWeightPerTensorConst):
+    # plain sign with a straight-through gradient; Brevitas' default clamps the weights in place
+    # to +-scale, which zeroes most gradients once the scale is a mean-|w| statistic
+    tensor_quant = BinaryQuant
+    tensor_clamp_impl = TensorClamp
+    scaling_impl_type = ScalingImplType.STATS
+    scaling_stats_op = StatsOp.AVE
+    scaling_per_output_type = ScalingPerOutputType.CHANNEL
+    scaling_min_val = 1e-8
+
+
+def weight_bits(name: str) -> int:
+    """Storage bits per weight for a quantizer name (float is stored as 32-bit)."""
+    _check(name, WEIGHT_QUANTS, "weight quantizer")
+    if name == "float":
+        return 32
+    if name in ("ternary", "stochastic_ternary"):
+        return 2
+    if name == "binary":
+        return 1
+    return int(name[3:])
+
+
+def act_bits(name: str) -> int:
+    _check(name, ACT_QUANTS, "activation quantizer")
+    return 32 if name == "float" else int(name[3:])
+
+
+def _check(name: str, valid: list[str], what: str) -> None:
+    if name not in valid:
+        raise ConfigError(f"unknown {what} {name!r}; choose one of: {', '.join(valid)}")
+
+
+def weight_quant_kwargs(name: str) -> dict:
+    """Keyword arguments for a Brevitas QuantConv2d/QuantLinear (empty dict: use a float layer)."""
+    _check(name, WEIGHT_QUANTS, "weight quantizer")
+    if name == "float":
+        return {}
+    if name == "ternary":
+        return {"weight_quant": TernaryWeight}
+    if name == "stochastic_ternary":
+        return {"weight_quant": StochasticTernaryWeight}
+    if name == "binary":
+        return {"weight_quant": BinaryWeight}
+    return {"weight_quant": Int8WeightPerChannelFloat, "weight_bit_width": int(name[3:])}
+
+
+def conv2d(cin: int, cout: int, k: int, stride: int = 1, padding: Optional[int] = None, *, weight: str = "float",
+           bias: bool = False, groups: int = 1) -> nn.Module:
+    padding = k // 2 if padding is None else padding
+    kw = weight_quant_kwargs(weight)
+    if not kw:
+        return nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=bias)
+    from brevitas.nn import QuantConv2d
+
+    return QuantConv2d(cin, cout, k, stride, padding, groups=groups, bias=bias, **kw)
+
+
+def linear(cin: int, cout: int, *, weight: str = "float", bias: bool = True) -> nn.Module:
+    kw = weight_quant_kwargs(weight)
+    if not kw:
+        return nn.Linear(cin, cout, bias=bias)
+    from brevitas.nn import QuantLinear
+
+    return QuantLinear(cin, cout, bias=bias, **kw)
+
+
+def relu(act: str = "float") -> nn.Module:
+    _check(act, ACT_QUANTS, "activation quantizer")
+    if act == "float":
+        return nn.ReLU(inplace=False)
+    from brevitas.nn import QuantReLU
+
+    return QuantReLU(act_quant=Uint8ActPerTensorFloat, bit_width=int(act[3:]))
+
+
+def is_stochastic(weight: str) -> bool:
+    return weight == "stochastic_ternary"

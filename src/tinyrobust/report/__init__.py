@@ -1,0 +1,1 @@
+"""Reports: the reproduce pipeline (train -> attack -> report) and its Markdown/HTML output."""

@@ -1,0 +1,129 @@
+"""The experiment grid of ``tinyrobust reproduce``: which models, attacks and budgets, read from
+``configs/reproduce/<dataset>.yaml`` and validated (a user adds a model or an attack there, not in code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List
+
+import yaml
+
+from ..config import RunConfig, apply_overrides, config_from_dict
+from ..errors import ConfigError
+
+ROLES = ["proposed", "reference", "reference_quantized", "float", "ablation", "variant"]
+TOP_KEYS = {"dataset", "surrogate", "eps", "attacks", "base", "budgets", "models"}
+BUDGET_KEYS = {"epochs", "train_subset", "test_subset", "attack_n", "blackbox_n", "attack_params"}
+MODEL_KEYS = {"key", "label", "role", "config"}
+
+
+@dataclass
+class GridModel:
+    key: str
+    label: str
+    role: str
+    config: Dict[str, Any]
+
+
+@dataclass
+class Grid:
+    path: Path
+    dataset: str
+    surrogate: str | None
+    eps: List[float]
+    white: List[str]
+    black: List[str]
+    base: Dict[str, Any]
+    budgets: Dict[str, Dict[str, Any]]
+    models: List[GridModel] = field(default_factory=list)
+
+    def model(self, key: str) -> GridModel:
+        for m in self.models:
+            if m.key == key:
+                return m
+        raise ConfigError(f"{self.path}: no model with key {key!r}; keys: {', '.join(m.key for m in self.models)}")
+
+    def run_config(self, m: GridModel, budget: str) -> RunConfig:
+        """The full training config of one grid model under one budget."""
+        b = self.budget(budget)
+        raw = _deep_merge(self.base, m.config)
+        raw = _deep_merge(raw, {"name": m.key, "data": {"dataset": self.dataset}})
+        over = [f"train.epochs={b['epochs']}"]
+        for k in ("train_subset", "test_subset"):
+            if b.get(k):
+                over.append(f"data.{k}={b[k]}")
+        try:
+            return config_from_dict(apply_overrides(raw, over))
+        except ConfigError as exc:
+            raise ConfigError(f"{self.path}: model {m.key}: {exc}") from None
+
+    def budget(self, name: str) -> Dict[str, Any]:
+        if name not in self.budgets:
+            raise ConfigError(f"unknown budget {name!r}; {self.path} defines: {', '.join(self.budgets)}")
+        return self.budgets[name]
+
+
+def _deep_merge(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def load_grid(path: str | Path) -> Grid:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"grid file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    _require(isinstance(raw, dict), f"{path}: top level must be a mapping")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(TOP_KEYS))}")
+    for k in ("dataset", "eps", "attacks", "budgets", "models"):
+        _require(k in raw, f"{path}: missing key {k!r}")
+    eps = raw["eps"]
+    _require(isinstance(eps, list) and eps and all(isinstance(e, (int, float)) and 0 < e <= 255 for e in eps),
+             f"{path}: eps must be a non-empty list of numbers in (0, 255] (pixel units /255)")
+    atk = raw["attacks"]
+    _require(isinstance(atk, dict) and set(atk) <= {"white", "black"},
+             f"{path}: attacks must be a mapping with keys white and black")
+    budgets = raw["budgets"]
+    _require(isinstance(budgets, dict) and budgets, f"{path}: budgets must be a non-empty mapping")
+    for name, b in budgets.items():
+        _require(isinstance(b, dict), f"{path}: budgets.{name} must be a mapping")
+        bad = set(b) - BUDGET_KEYS
+        if bad:
+            raise ConfigError(f"{path}: budgets.{name}: unknown key {sorted(bad)[0]!r}; allowed: {', '.join(sorted(BUDGET_KEYS))}")
+        _require(isinstance(b.get("epochs"), int) and b["epochs"] >= 1, f"{path}: budgets.{name}.epochs must be an integer >= 1")
+    models = []
+    keys = set()
+    for i, m in enumerate(raw["models"] or []):
+        _require(isinstance(m, dict), f"{path}: models[{i}] must be a mapping")
+        bad = set(m) - MODEL_KEYS
+        if bad:
+            raise ConfigError(f"{path}: models[{i}]: unknown key {sorted(bad)[0]!r}; allowed: {', '.join(sorted(MODEL_KEYS))}")
+        _require(isinstance(m.get("key"), str) and m["key"], f"{path}: models[{i}].key must be a non-empty string")
+        _require(m.get("key") not in keys, f"{path}: models[{i}].key {m['key']!r} is used twice")
+        keys.add(m["key"])
+        role = m.get("role", "variant")
+        _require(role in ROLES, f"{path}: models[{i}].role {role!r}; choose one of: {', '.join(ROLES)}")
+        models.append(GridModel(m["key"], m.get("label", m["key"]), role, m.get("config") or {}))
+    _require(sum(m.role == "proposed" for m in models) == 1, f"{path}: exactly one model must have role: proposed")
+    _require(any(m.role == "reference" for m in models), f"{path}: at least one model must have role: reference")
+    grid = Grid(path, raw["dataset"], raw.get("surrogate"), [float(e) for e in eps], list(atk.get("white") or []),
+                list(atk.get("black") or []), raw.get("base") or {}, budgets, models)
+    if grid.surrogate:
+        grid.model(grid.surrogate)
+    for budget in budgets:  # every model's config must validate under every budget
+        for m in models:
+            grid.run_config(m, budget)
+    return grid

@@ -1,0 +1,107 @@
+"""``tinyrobust reproduce``: train what is missing, attack every model the same way, write the report.
+
+Every piece is resumable: a finished run (``summary.json``) is reused, a killed one resumes from its
+last checkpoint, and a model's attack results (``robustness.json``) are kept once written, so a
+reproduce run killed at any point and started again continues from the finished pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..errors import TinyRobustError
+from ..io_utils import atomic_write_json, check_writable
+from .grid import Grid, load_grid
+
+STAGES = ("train", "attack", "report")
+
+
+def grid_path(dataset: str, configs_dir: Optional[str | Path] = None) -> Path:
+    base = Path(configs_dir) if configs_dir else Path(__file__).resolve().parents[3] / "configs" / "reproduce"
+    p = base / f"{dataset}.yaml"
+    if not p.is_file():
+        avail = sorted(q.stem for q in base.glob("*.yaml")) if base.is_dir() else []
+        raise TinyRobustError(f"no reproduce grid for dataset {dataset!r} ({p}); available: {', '.join(avail) or 'none'}")
+    return p
+
+
+def _log(msg: str) -> None:
+    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def train_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], progress: bool) -> Dict[str, Any]:
+    from ..train import train_run
+
+    summaries = {}
+    for i, m in enumerate(grid.models, 1):
+        run_dir = out / "runs" / m.key
+        cfg = grid.run_config(m, budget)
+        if (run_dir / "summary.json").is_file():
+            _log(f"train {i}/{len(grid.models)} {m.key}: finished run reused")
+        else:
+            _log(f"train {i}/{len(grid.models)} {m.key}: training ({cfg.train.epochs} epochs)")
+        summaries[m.key] = train_run(cfg, run_dir, resume=True, data_dir=data_dir, progress=progress)
+    return summaries
+
+
+def attack_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], seed: int) -> Dict[str, Any]:
+    from ..attacks.evaluate import attack_run
+
+    b = grid.budget(budget)
+    results = {}
+    surrogate = out / "runs" / grid.surrogate if grid.surrogate else None
+    for i, m in enumerate(grid.models, 1):
+        run_dir = out / "runs" / m.key
+        res_dir = out / "attacks" / m.key
+        results[m.key] = {}
+        for family, names, n in (("white", grid.white, b.get("attack_n", 500)),
+                                 ("black", grid.black, b.get("blackbox_n", b.get("attack_n", 100)))):
+            names = [a for a in names if not (a == "transfer" and (surrogate is None or m.key == grid.surrogate))]
+            path = res_dir / f"{family}.json"
+            if path.is_file():
+                _log(f"attack {i}/{len(grid.models)} {m.key} ({family}-box): finished results reused")
+                results[m.key][family] = json.loads(path.read_text())
+                continue
+            if not names:
+                continue
+            _log(f"attack {i}/{len(grid.models)} {m.key} ({family}-box): {', '.join(names)} on {n} images")
+            results[m.key][family] = attack_run(
+                run_dir, names, grid.eps, n=n, seed=seed, data_dir=data_dir, out=res_dir,
+                surrogate_run=surrogate if "transfer" in names else None,
+                params=b.get("attack_params") or None, out_name=f"{family}.json")
+    return results
+
+
+def reproduce(dataset: str, budget: str, out: str | Path, *, data_dir: Optional[str] = None,
+              stages: List[str] | None = None, seed: int = 0, progress: bool = True,
+              configs_dir: Optional[str | Path] = None) -> Path:
+    grid = load_grid(grid_path(dataset, configs_dir))
+    grid.budget(budget)
+    out = Path(out)
+    check_writable(out)
+    stages = stages or list(STAGES)
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise TinyRobustError(f"unknown stage {bad[0]!r}; choose from: {', '.join(STAGES)}")
+    t0 = time.time()
+    meta_path = out / "reproduce.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta.update({"dataset": dataset, "budget": budget, "grid": str(grid.path), "seed": seed})
+    if "train" in stages:
+        train_stage(grid, budget, out, data_dir, progress)
+    if "attack" in stages:
+        attack_stage(grid, budget, out, data_dir, seed)
+    meta.setdefault("stage_seconds", {})
+    meta["stage_seconds"]["+".join(stages) + "@" + time.strftime("%Y-%m-%dT%H:%M:%S")] = round(time.time() - t0, 1)
+    atomic_write_json(meta_path, meta)
+    if "report" in stages:
+        from .render import write_report
+
+        report = write_report(grid, budget, out)
+        _log(f"report written: {report} (and {report.with_suffix('.html')})")
+        return report
+    return out

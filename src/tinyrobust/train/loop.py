@@ -1,0 +1,291 @@
+"""The training loop: QAT + Jacobian regularization, with atomic per-epoch checkpoints and resume.
+
+Determinism: an epoch's data order, augmentation, JR projections and stochastic rounding are all
+seeded from (seed, epoch), so a run resumed from its last checkpoint follows the same path as one
+that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .. import __version__
+from ..config import RunConfig, config_from_dict, dump_config, load_config
+from ..errors import TinyRobustError, TrainingDiverged
+from ..io_utils import append_jsonl, atomic_write_json, atomic_write_text, check_writable
+from .checkpoint import load_checkpoint, save_checkpoint, save_weights
+from .jacobian import jacobian_penalty
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_FILE = "checkpoint.pt"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+ENV_FILE = "env.json"
+
+
+def environment(threads: int, seed: int) -> Dict[str, Any]:
+    import brevitas
+
+    return {
+        "tinyrobust": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "brevitas": brevitas.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "seed": seed,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def lr_at(cfg: RunConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Linear warm-up then cosine decay to zero (or constant), as a pure function of the step."""
+    t = cfg.train
+    warm = int(t.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return t.lr * (step + 1) / warm
+    if t.schedule == "constant":
+        return t.lr
+    progress = (step - warm) / max(1, total_steps - warm)
+    return t.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    t = cfg.train
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        # no weight decay on BN/bias/quantizer scales: decaying a learned scale shrinks the grid
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0)
+    return torch.optim.Adam(groups, lr=t.lr)
+
+
+def reseed_stochastic_quantizers(model: torch.nn.Module, seed: int) -> None:
+    """Brevitas' stochastic rounding owns a private generator; seed it per epoch for resumability."""
+    from brevitas.core.function_wrapper.stochastic_round import StochasticRoundSte
+
+    for i, m in enumerate(model.modules()):
+        if isinstance(m, StochasticRoundSte):
+            m.generator.manual_seed(seed + i)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    was = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+    model.train(was)
+    return correct / max(1, len(x))
+
+
+@dataclass
+class Prepared:
+    cfg: RunConfig
+    model: Any
+    info: Any
+    train_ds: Any
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    data_source: str
+
+
+def prepare(cfg: RunConfig, data_dir: Optional[str] = None, need_train: bool = True) -> Prepared:
+    """Load data and build the model a config describes (shared by train and eval)."""
+    from ..data import dataset_info, load_dataset
+    from ..data.loader import stratified_subset, to_tensors
+    from ..models import build_model
+
+    info = dataset_info(cfg.data.dataset)
+    ddir = data_dir or cfg.data.data_dir
+    train_ds = None
+    if need_train:
+        train_ds = load_dataset(cfg.data.dataset, "train", ddir)
+        if cfg.data.train_subset and cfg.data.train_subset < len(train_ds):
+            idx = stratified_subset(train_ds.y, cfg.data.train_subset, cfg.seed)
+            train_ds = type(train_ds)(**{**train_ds.__dict__, "x": train_ds.x[idx], "y": train_ds.y[idx]})
+    test_ds = load_dataset(cfg.data.dataset, "test", ddir)
+    idx = None
+    if cfg.data.test_subset and cfg.data.test_subset < len(test_ds):
+        idx = stratified_subset(test_ds.y, cfg.data.test_subset, cfg.seed)
+    test_x, test_y = to_tensors(test_ds, idx)
+    model = build_model(cfg.model.name, num_classes=info.num_classes, input_shape=info.input_shape,
+                        mean=info.mean, std=info.std, quant=cfg.model.quant)
+    return Prepared(cfg, model, info, train_ds, test_x, test_y, test_ds.source)
+
+
+def model_summary(model, info) -> Dict[str, Any]:
+    table = model.layer_table(info.input_shape)
+    return {
+        "parameters": model.num_parameters(),
+        "layer_parameters": sum(r["weights"] + r["biases"] for r in table),
+        "weight_kb": sum(r["weight_bytes"] for r in table) / 1024,
+        "layers": table,
+    }
+
+
+def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, data_dir: Optional[str] = None,
+              progress: bool = True) -> Dict[str, Any]:
+    """Train ``cfg`` into ``run_dir``; with ``resume`` continue from the last checkpoint."""
+    from ..data.loader import BatchIterator
+
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    if (run_dir / SUMMARY_FILE).is_file() and resume:
+        import json
+
+        return json.loads((run_dir / SUMMARY_FILE).read_text())
+    if not resume and (ckpt_path.exists() or (run_dir / SUMMARY_FILE).exists()):
+        raise TinyRobustError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
+    check_writable(run_dir)
+    if resume and (run_dir / CONFIG_FILE).is_file():
+        saved = load_config(run_dir / CONFIG_FILE)
+        if dump_config(saved) != dump_config(cfg):
+            print(f"note: resuming with the config saved in {run_dir / CONFIG_FILE}", file=sys.stderr)
+        cfg = saved
+    atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
+
+    torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.seed)
+    prep = prepare(cfg, data_dir)
+    model, info, train_ds = prep.model, prep.info, prep.train_ds
+    if not (run_dir / ENV_FILE).is_file():
+        env = environment(cfg.train.threads, cfg.seed)
+        env["data_source"] = prep.data_source
+        atomic_write_json(run_dir / ENV_FILE, env)
+    opt = make_optimizer(cfg, model)
+    augment = info.augment if cfg.train.augment is None else cfg.train.augment
+
+    start_epoch = 0
+    if resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+        _truncate_metrics(run_dir / METRICS_FILE, start_epoch)
+        print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
+    elif (run_dir / METRICS_FILE).exists():
+        (run_dir / METRICS_FILE).unlink()
+
+    batches = len(BatchIterator(train_ds, cfg.train.batch_size, shuffle=True, augment=False, seed=cfg.seed, epoch=0))
+    steps_per_epoch = min(batches, cfg.train.max_batches_per_epoch or batches)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    use_jr = cfg.jr.weight > 0 or any(v > 0 for v in cfg.jr.layers.values())
+    t_start = time.time()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        epoch_seed = cfg.seed * 100003 + epoch
+        torch.manual_seed(epoch_seed)
+        reseed_stochastic_quantizers(model, epoch_seed)
+        model.train()
+        it = BatchIterator(train_ds, cfg.train.batch_size, shuffle=True, augment=augment, seed=cfg.seed,
+                           epoch=epoch, drop_last=True)
+        sums = {"loss": 0.0, "ce": 0.0, "jr": 0.0, "correct": 0, "seen": 0}
+        jr_parts: Dict[str, float] = {}
+        t0 = time.time()
+        bar = tqdm(total=steps_per_epoch, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not progress, leave=False, file=sys.stderr)
+        for i, (x, y) in enumerate(it):
+            if i >= steps_per_epoch:
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, total_steps, steps_per_epoch)
+            if use_jr:
+                logits, penalty, parts = jacobian_penalty(model, x, weight=cfg.jr.weight, layers=cfg.jr.layers,
+                                                          n_proj=cfg.jr.n_proj)
+            else:
+                logits, penalty, parts = model(x), None, {}
+            ce = F.cross_entropy(logits, y, label_smoothing=cfg.train.label_smoothing)
+            loss = ce if penalty is None else ce + penalty
+            if not torch.isfinite(loss):
+                bar.close()
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; the last good checkpoint "
+                    f"(after epoch {epoch}) is kept in {run_dir}. Lower train.lr or jr weights and start again.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n = len(y)
+            sums["loss"] += loss.item() * n
+            sums["ce"] += ce.item() * n
+            sums["jr"] += (penalty.item() if penalty is not None else 0.0) * n
+            sums["correct"] += (logits.argmax(1) == y).sum().item()
+            sums["seen"] += n
+            for k, v in parts.items():
+                jr_parts[k] = jr_parts.get(k, 0.0) + v * n
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}", acc=f"{sums['correct'] / sums['seen']:.3f}")
+        bar.close()
+        train_time = time.time() - t0
+        seen = max(1, sums["seen"])
+        test_acc = evaluate_accuracy(model, prep.test_x, prep.test_y)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": sums["loss"] / seen,
+            "train_ce": sums["ce"] / seen,
+            "train_jr_penalty": sums["jr"] / seen,
+            "jr_estimates": {k: v / seen for k, v in jr_parts.items()},
+            "train_accuracy": sums["correct"] / seen,
+            "test_accuracy": test_acc,
+            "lr_end": opt.param_groups[0]["lr"],
+            "epoch_time_s": train_time,
+            "images_per_s": sums["seen"] / max(train_time, 1e-9),
+        }
+        append_jsonl(run_dir / METRICS_FILE, row)
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1})
+        if progress:
+            print(f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {row['train_loss']:.3f} "
+                  f"train acc {row['train_accuracy']:.3f} test acc {test_acc:.4f} "
+                  f"({row['images_per_s']:.0f} img/s)", file=sys.stderr)
+
+    save_weights(run_dir / WEIGHTS_FILE, model)
+    summary = {
+        "name": cfg.name,
+        "model": cfg.model.name,
+        "dataset": cfg.data.dataset,
+        "data_source": prep.data_source,
+        "epochs": cfg.train.epochs,
+        "test_accuracy": evaluate_accuracy(model, prep.test_x, prep.test_y),
+        "test_examples": len(prep.test_y),
+        "train_time_s_this_session": time.time() - t_start,
+        **{k: v for k, v in model_summary(model, info).items() if k != "layers"},
+    }
+    atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def _truncate_metrics(path: Path, upto_epoch: int) -> None:
+    """Drop metric lines of epochs after the checkpoint (written before a kill, then redone)."""
+    if not path.is_file():
+        return
+    import json
+
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the kill
+        if row.get("epoch", 0) <= upto_epoch:
+            keep.append(line)
+    atomic_write_text(path, "".join(k + "\n" for k in keep))

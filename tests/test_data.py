@@ -433,7 +433,7 @@ def test_svhn_missing_and_download(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_and_split(tmp_path):
-    with pytest.raises(UnknownNameError, match="cifar10, svhn"):
+    with pytest.raises(UnknownNameError, match="cifar10, speech_commands, svhn"):
         load_dataset("mnist", "train", data_dir=tmp_path)
     with pytest.raises(UnknownNameError):
         dataset_info("mnist")

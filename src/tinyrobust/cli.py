@@ -15,6 +15,18 @@ from .errors import TinyRobustError
 Command = Callable[[argparse.Namespace], int]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too: ``tinyrobust <cmd>: error: ...``, exit code 2.
+    Subcommand parsers (also those added by _command_modules) inherit it."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import train_run
@@ -52,7 +64,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, Dict[str, Command]]:
-    p = argparse.ArgumentParser(prog="tinyrobust", description=__doc__.splitlines()[0])
+    p = _Parser(prog="tinyrobust", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     handlers: Dict[str, Command] = {}
 
@@ -86,7 +98,8 @@ def _command_modules() -> List:
     import importlib
 
     mods = []
-    for path in ("tinyrobust.attacks.cli_command", "tinyrobust.export.cli_command", "tinyrobust.report.cli_command"):
+    for path in ("tinyrobust.attacks.cli_command", "tinyrobust.export.cli_command",
+                 "tinyrobust.report.cli_command"):
         try:
             mods.append(importlib.import_module(path))
         except ModuleNotFoundError as exc:
@@ -97,11 +110,14 @@ def _command_modules() -> List:
 
 def main(argv: List[str] | None = None) -> int:
     parser, handlers = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the subcommand in the error, as for its other usage errors
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return handlers[args.command](args)
     except TinyRobustError as exc:
-        print(f"tinyrobust {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tinyrobust {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tinyrobust {args.command}: interrupted; finished work is kept (resume to continue)", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,13 @@ WEIGHT_QUANTS = ["float"] + [f"int{b}" for b in range(2, 9)] + ["ternary", "stoc
 ACT_QUANTS = ["float"] + [f"int{b}" for b in range(2, 9)]
 
 
-def _meta(*, choices=None, lo=None, hi=None, doc=""):
-    return {"choices": choices, "lo": lo, "hi": hi, "doc": doc}
+def _meta(*, choices=None, lo=None, hi=None, pattern=None, doc=""):
+    return {"choices": choices, "lo": lo, "hi": hi, "pattern": pattern, "doc": doc}
+
+
+# a run's name becomes a folder name (runs/<name>): one plain path component, nothing that climbs out
+NAME_PATTERN = (r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}",
+                "use 1-100 letters, digits and _ . + = - (not starting with . or -), e.g. qnn_int4_jr")
 
 
 @dataclass
@@ -88,7 +94,7 @@ class JRConfig:
 
 @dataclass
 class RunConfig:
-    name: str = "run"
+    name: str = field(default="run", metadata=_meta(pattern=NAME_PATTERN, doc="run name, also its folder name"))
     seed: int = field(default=0, metadata=_meta(lo=0, hi=2**31 - 1))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -97,6 +103,23 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------- parsing
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2 does; PyYAML's YAML 1.1 rules
+    want a dot, ``1.0e-3``, and would hand the string '1e-3' to a float field)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
 
 
 def _type_name(tp: Any) -> str:
@@ -115,28 +138,40 @@ def _type_name(tp: Any) -> str:
 def _check_scalar(path: str, value: Any, tp: Any, meta: dict) -> Any:
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+            raise ConfigError(f"{path}: expected true or false, got {_short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+            raise ConfigError(f"{path}: expected an integer, got {_short(value)}")
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        value = float(value)
+            raise ConfigError(f"{path}: expected a number, got {_short(value)}")
+        try:
+            value = float(value)
+        except OverflowError:  # an int too large for a float
+            value = math.inf
         if not math.isfinite(value):
-            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{path}: expected a finite number, got {_short(value)}")
     elif tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
+            raise ConfigError(f"{path}: expected a string, got {_short(value)}")
+        pattern = meta.get("pattern")
+        if pattern is not None and not re.fullmatch(pattern[0], value):
+            raise ConfigError(f"{path}: {_short(value)} is not allowed; {pattern[1]}")
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{path}: {value!r} is not allowed; choose one of: {', '.join(map(str, choices))}")
+        raise ConfigError(f"{path}: {_short(value)} is not allowed; choose one of: {', '.join(map(str, choices))}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and value < lo or hi is not None and value > hi:
         rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        raise ConfigError(f"{path}: {value!r} is out of range; allowed {rng}")
+        raise ConfigError(f"{path}: {_short(value)} is out of range; allowed {rng}")
     return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr() cut to ``limit`` characters, so an error stays one readable line."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def _parse(path: str, value: Any, tp: Any, meta: dict) -> Any:
@@ -153,11 +188,11 @@ def _parse(path: str, value: Any, tp: Any, meta: dict) -> Any:
     if origin in (dict, Dict):
         ktp, vtp = typing.get_args(tp)
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_short(value)}")
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise ConfigError(f"{path}: keys must be strings, got {k!r}")
+                raise ConfigError(f"{path}: keys must be strings, got {_short(k)}")
             out[k] = _parse(f"{path}.{k}", v, vtp, meta if not dataclasses.is_dataclass(vtp) else {})
         return out
     return _check_scalar(path, value, tp, meta)
@@ -165,14 +200,14 @@ def _parse(path: str, value: Any, tp: Any, meta: dict) -> Any:
 
 def _parse_dataclass(path: str, value: Any, cls: type) -> Any:
     if not isinstance(value, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {value!r}")
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {_short(value)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in value if k not in fields]
     if unknown:
         where = path or "config"
         raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(fields)}"
+            f"{where}: unknown key {_short(unknown[0])}; allowed keys: {', '.join(fields)}"
         )
     kwargs = {}
     for name, f in fields.items():
@@ -197,9 +232,9 @@ def apply_overrides(d: Dict[str, Any], overrides: list[str]) -> Dict[str, Any]:
             raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=5")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = _yaml_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+            raise ConfigError(f"--set {key}: cannot parse value {_short(raw)}: {' '.join(str(exc).split())}") from None
         node = d
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -220,9 +255,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not p.is_file():
             raise ConfigError(f"config file {p} not found; see configs/ for examples")
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            raw = _yaml_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read it ({exc.strerror or exc})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys")
     raw = apply_overrides(raw, overrides or [])

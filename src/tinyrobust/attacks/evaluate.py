@@ -18,8 +18,9 @@ from .. import __version__
 from ..errors import AttackError
 from ..io_utils import atomic_write_json
 from .masking import PROBE_DEFAULTS
-from .registry import ATTACKS, expand_attack_names
+from .registry import ATTACKS, ORDER, expand_attack_names
 from .runner import run_attacks, validate_eps
+from .target import Target
 
 DEFAULT_STOCHASTIC_EOT = 8  # EOT samples when the model declares stochastic inference
 
@@ -33,14 +34,13 @@ THREAT_MODELS = {
 def _check_match(x: np.ndarray, y: np.ndarray, info, model: torch.nn.Module, dataset: str, who: str) -> None:
     """One clear line when the data cannot be fed to the model (wrong dataset or run)."""
     want_shape, want_classes = tuple(info.input_shape), int(info.num_classes)
-    with torch.no_grad():
-        out_classes = int(model.eval()(torch.as_tensor(x[:1])).shape[1])
-    labels = int(y.max()) + 1
-    if tuple(x.shape[1:]) != want_shape or out_classes != want_classes or labels > want_classes:
-        raise AttackError(
-            f"dataset {dataset!r} gives inputs of shape {tuple(x.shape[1:])} with labels up to {labels - 1}, but "
-            f"{who} expects {want_shape} and outputs {out_classes} classes (trained for {want_classes}); "
-            "evaluate it on the dataset it was trained on")
+    if tuple(x.shape[1:]) != want_shape:
+        raise AttackError(f"dataset {dataset!r} gives inputs of shape {tuple(x.shape[1:])} but {who} expects "
+                          f"{want_shape}; evaluate it on the dataset it was trained on")
+    out_classes, labels = Target(model, want_shape).num_classes, int(y.max()) + 1
+    if out_classes != want_classes or labels > want_classes:
+        raise AttackError(f"dataset {dataset!r} has labels up to {labels - 1} but {who} outputs {out_classes} "
+                          f"classes (trained for {want_classes}); evaluate it on the dataset it was trained on")
 
 
 def _model_name(config: dict):
@@ -162,7 +162,7 @@ def format_table(results: dict) -> str:
 def list_attacks() -> str:
     """Each attack with its family, threat model and defaults (``tinyrobust attack --list``)."""
     lines = []
-    for name in ATTACKS:
+    for name in ORDER:
         spec = ATTACKS.get(name)
         defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or "none"
         lines += [f"{name:<12} {spec.family}-box  {spec.threat_model}", f"{'':<12} defaults: {defaults}"]

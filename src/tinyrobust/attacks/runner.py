@@ -163,6 +163,8 @@ def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: l
     if not specs:
         raise AttackError("no attack given")
     budgets = validate_eps(eps)
+    if batch_size < 1:
+        raise AttackError(f"batch size must be >= 1; got {batch_size}")
     resolved = resolve_params([s.name for s in specs], params)
     _check_inputs(x, y)
     x, y = x.astype(np.float32, copy=False), np.asarray(y, dtype=np.int64)
@@ -175,16 +177,13 @@ def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: l
 
     stochastic = bool(getattr(model, "stochastic", False))
     eot = max(1, int(eot_samples)) if stochastic else 1
-    with torch.no_grad():
-        num_classes = int(model.eval()(torch.as_tensor(x[:1])).shape[1])
-    target = Target(model, x.shape[1:], num_classes, eot_samples=eot, batch_size=batch_size)
+    target = Target(model, x.shape[1:], eot_samples=eot, batch_size=batch_size)
     surrogate_target = None
     if surrogate is not None and any(s.needs_surrogate for s in specs):
-        with torch.no_grad():
-            sur_classes = int(surrogate.eval()(torch.as_tensor(x[:1])).shape[1])
-        if sur_classes != num_classes:
-            raise AttackError(f"surrogate has {sur_classes} classes, the target {num_classes}: train it on the same dataset")
-        surrogate_target = Target(surrogate, x.shape[1:], num_classes, batch_size=batch_size)
+        surrogate_target = Target(surrogate, x.shape[1:], batch_size=batch_size)
+        if surrogate_target.num_classes != target.num_classes:
+            raise AttackError(f"the surrogate has {surrogate_target.num_classes} classes, the target "
+                              f"{target.num_classes}: train it on the same dataset")
 
     n = len(x)
     correct = target.predict(x) == y

@@ -21,15 +21,18 @@ class Target:
     ``eot_samples`` > 1 averages every gradient over that many stochastic forward passes.
     """
 
-    def __init__(self, model: torch.nn.Module, input_shape: tuple[int, ...], num_classes: int,
+    def __init__(self, model: torch.nn.Module, input_shape: tuple[int, ...], num_classes: int | None = None,
                  *, eot_samples: int = 1, batch_size: int = 128):
         self.model = model.eval()
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.num_classes = int(num_classes)
         self.eot_samples = max(1, int(eot_samples))
         self.batch_size = int(batch_size)
         param = next(model.parameters(), None)
         self.device = param.device if param is not None else torch.device("cpu")
+        if num_classes is None:  # read it off the model: one forward pass
+            with torch.no_grad():
+                num_classes = model(torch.zeros((1, *self.input_shape), device=self.device)).shape[1]
+        self.num_classes = int(num_classes)
         self.queries = 0
 
     @torch.no_grad()

@@ -1,9 +1,10 @@
 """Datasets as in-memory uint8 arrays, read safely from the official files, decoded once and cached.
 
-Importing this package registers the built-in datasets ("cifar10", "svhn") in ``DATASETS``.
+Importing this package registers the built-in datasets ("cifar10", "svhn", "speech_commands") in
+``DATASETS``.
 """
 
-from . import cifar10, svhn  # noqa: F401  (registration)
+from . import cifar10, speech_commands, svhn  # noqa: F401  (registration)
 from .archive import download, extract_tar, md5_file, sha256_file
 from .datasets import DATASETS, ArrayDataset, DatasetInfo, dataset_info, load_dataset, register_dataset
 from .imagefolder import load_image_folder, read_image_folder

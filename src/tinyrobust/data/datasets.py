@@ -29,14 +29,17 @@ _CACHE_VERSION = 1
 class ArrayDataset:
     name: str
     split: str
-    x: np.ndarray  # uint8 NHWC
+    x: np.ndarray  # uint8 NHWC RGB images, or float32 NCHW features already scaled to [0, 1]
     y: np.ndarray  # int64 class indices
     classes: list[str]
     source: str  # the file or folder actually read; results must name it
 
     def __post_init__(self) -> None:
         what = f"{self.name}/{self.split} from {self.source}"
-        if self.x.dtype != np.uint8 or self.x.ndim != 4 or self.x.shape[-1] != 3:
+        if self.x.ndim == 4 and self.x.dtype == np.float32:  # features (audio): NCHW, in [0, 1]
+            if len(self.x) and not (self.x.min() >= 0 and self.x.max() <= 1):  # also catches NaN
+                raise DataError(f"{what}: float32 features must lie in [0, 1]")
+        elif self.x.dtype != np.uint8 or self.x.ndim != 4 or self.x.shape[-1] != 3:
             raise DataError(f"{what}: images must be uint8 NHWC RGB, got {self.x.dtype} {self.x.shape}")
         if self.y.dtype != np.int64 or self.y.shape != (len(self.x),):
             raise DataError(f"{what}: need int64 labels ({len(self.x)},), got {self.y.dtype} {self.y.shape}")
@@ -56,9 +59,12 @@ class DatasetInfo:
     input_shape: tuple[int, int, int]  # (C, H, W) as the model sees it
     mean: tuple[float, ...]  # per channel, in [0, 1] pixel units; normalisation lives inside the model
     std: tuple[float, ...]
-    kind: str  # "image"
+    kind: str  # "image" or "audio"
     augment: bool  # whether random crop + horizontal flip suits the data
     splits: tuple[str, ...] = ("train", "test")
+    # Feature data (kind "audio"): the raw feature interval that the stored [0, 1] values map onto
+    # linearly, so an L-inf eps of k/255 is k/255 of this range; None for images (pixels, [0, 1]).
+    feature_range: tuple[float, float] | None = None
 
 
 Loader = Callable[[str, Path, bool], ArrayDataset]

@@ -1,6 +1,9 @@
 """Batches from an in-memory ``ArrayDataset``, without DataLoader workers.
 
-The whole dataset is one uint8 array, so a batch is one fancy-index plus one vectorised crop/flip:
+Images are uint8 NHWC and become float32 NCHW in [0, 1]; feature datasets (audio) are stored as
+float32 NCHW already in [0, 1] and pass through unchanged (copied, never shared with the dataset).
+
+The whole dataset is one array, so a batch is one fancy-index plus one vectorised crop/flip:
 faster than per-sample transforms and exactly reproducible, since every random draw comes from one
 ``torch.Generator`` seeded from (seed, epoch).
 """
@@ -19,6 +22,8 @@ PAD = 4  # random-crop padding, in pixels (the standard CIFAR recipe)
 
 
 def _as_nchw_float(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype != torch.uint8:  # float32 NCHW features, already in [0, 1]
+        return x.to(torch.float32, copy=True).contiguous()
     return x.permute(0, 3, 1, 2).contiguous().float().div_(255)
 
 
@@ -66,6 +71,9 @@ class BatchIterator:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if augment and ds.x.dtype != np.uint8:
+            raise DataError(f"{ds.name} holds features, not images: random crop + flip augmentation does "
+                            "not apply; set train.augment to false (or null for the dataset's default)")
         self.ds, self.batch_size, self.shuffle, self.augment = ds, batch_size, shuffle, augment
         self.seed, self.epoch, self.drop_last = seed, epoch, drop_last
         self._x = torch.from_numpy(ds.x)

@@ -28,14 +28,60 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused to load: it holds objects other than tensors and plain containers "
-            f"(a pickle could run code). Only load checkpoints you trust, re-saved as tensors. ({str(exc).splitlines()[0]})"
+            f"(a pickle could run code). Only load checkpoints you trust, re-saved as tensors. ({_first_line(exc)})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - weights_only loading runs no code: any failure means a bad file
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_describe(exc)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a tinyrobust checkpoint (holds a {type(state).__name__}, not a mapping)")
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _describe(exc: BaseException) -> str:
+    first = _first_line(exc)
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def quant_runtime_state(model: torch.nn.Module) -> Dict[str, Dict[str, Any]]:
+    """Training state of Brevitas quantizers that ``state_dict`` leaves out.
+
+    An activation quantizer with a runtime-statistics scale (``ParameterFromRuntimeStatsScaling``)
+    collects a running average of its input range for its first ``collect_stats_steps`` training
+    forwards and only then becomes a learned parameter. Its state dict omits the step counter and
+    saves the running average in place of the parameter, and loading it ends the collection phase
+    at once; a run resumed from such a state dict would follow a different path. This records the
+    counter, the running average and the raw parameter per module name."""
+    from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
+
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, ParameterFromRuntimeStatsScaling):
+            out[name] = {"counter": int(m.counter), "buffer": m.buffer.detach().clone(),
+                         "value": m.value.detach().clone()}
+    return out
+
+
+def restore_quant_runtime_state(model: torch.nn.Module, state: Dict[str, Dict[str, Any]]) -> None:
+    """Undo what ``load_state_dict`` does to runtime-statistics scales (see quant_runtime_state);
+    call after ``model.load_state_dict``."""
+    mods = dict(model.named_modules())
+    for name, s in state.items():
+        m = mods.get(name)
+        if m is None or not hasattr(m, "counter"):
+            raise CheckpointError(f"checkpoint names quantizer {name!r}, which the model does not have")
+        with torch.no_grad():
+            m.buffer.copy_(s["buffer"])
+            m.value.copy_(s["value"])
+        m.counter = int(s["counter"])
 
 
 def save_weights(path: Path, model: torch.nn.Module) -> None:
@@ -53,4 +99,5 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not match the run's model ({str(exc).splitlines()[0]})") from None
+        detail = " ".join(str(exc).split())
+        raise CheckpointError(f"{path}: weights do not match the run's model ({detail[:300]})") from None

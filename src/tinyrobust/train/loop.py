@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..config import RunConfig, config_from_dict, dump_config, load_config
-from ..errors import TinyRobustError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, TinyRobustError, TrainingDiverged
 from ..io_utils import append_jsonl, atomic_write_json, atomic_write_text, check_writable
-from .checkpoint import load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import (load_checkpoint, quant_runtime_state, restore_quant_runtime_state, save_checkpoint,
+                         save_weights)
 from .jacobian import jacobian_penalty
 
 CONFIG_FILE = "config.yaml"
@@ -174,22 +175,36 @@ def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, data_dir: 
         env = environment(cfg.train.threads, cfg.seed)
         env["data_source"] = prep.data_source
         atomic_write_json(run_dir / ENV_FILE, env)
-    opt = make_optimizer(cfg, model)
     augment = info.augment if cfg.train.augment is None else cfg.train.augment
+    batches = len(BatchIterator(train_ds, cfg.train.batch_size, shuffle=True, augment=False, seed=cfg.seed, epoch=0,
+                                drop_last=True))
+    if batches == 0:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is larger than the training set "
+                          f"({len(train_ds)} examples); lower it")
+    steps_per_epoch = min(batches, cfg.train.max_batches_per_epoch or batches)
+    _remove_stale_temp_files(run_dir)
 
     start_epoch = 0
     if resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
+        try:
+            # the model first: Brevitas re-creates its quantizer modules (and their scale
+            # Parameters) in load_state_dict, so an optimizer made before would update orphans
+            model.load_state_dict(state["model"])
+            restore_quant_runtime_state(model, state.get("quant_state", {}))
+            opt = make_optimizer(cfg, model)
+            opt.load_state_dict(state["optimizer"])
+            start_epoch = int(state["epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{ckpt_path} does not match this run's model and optimizer "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         _truncate_metrics(run_dir / METRICS_FILE, start_epoch)
         print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
-    elif (run_dir / METRICS_FILE).exists():
-        (run_dir / METRICS_FILE).unlink()
+    else:
+        opt = make_optimizer(cfg, model)
+        if (run_dir / METRICS_FILE).exists():
+            (run_dir / METRICS_FILE).unlink()
 
-    batches = len(BatchIterator(train_ds, cfg.train.batch_size, shuffle=True, augment=False, seed=cfg.seed, epoch=0))
-    steps_per_epoch = min(batches, cfg.train.max_batches_per_epoch or batches)
     total_steps = steps_per_epoch * cfg.train.epochs
     use_jr = cfg.jr.weight > 0 or any(v > 0 for v in cfg.jr.layers.values())
     t_start = time.time()
@@ -251,8 +266,14 @@ def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, data_dir: 
             "epoch_time_s": train_time,
             "images_per_s": sums["seen"] / max(train_time, 1e-9),
         }
+        bad = _non_finite(model)
+        if bad:
+            raise TrainingDiverged(
+                f"{bad} became NaN/inf in epoch {epoch + 1}; the last good checkpoint (after epoch {epoch}) is kept "
+                f"in {run_dir}. Lower train.lr or jr weights and start again.")
         append_jsonl(run_dir / METRICS_FILE, row)
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1})
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                                    "quant_state": quant_runtime_state(model)})
         if progress:
             print(f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {row['train_loss']:.3f} "
                   f"train acc {row['train_accuracy']:.3f} test acc {test_acc:.4f} "
@@ -272,6 +293,21 @@ def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, data_dir: 
     }
     atomic_write_json(run_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def _non_finite(model: torch.nn.Module) -> Optional[str]:
+    """Name of the first parameter or buffer holding NaN/inf (a finite loss can still step into it)."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def _remove_stale_temp_files(run_dir: Path) -> None:
+    """A kill during an atomic write leaves its temp file (``.<name>.<random>.tmp``); drop them."""
+    for name in (CHECKPOINT_FILE, WEIGHTS_FILE, METRICS_FILE, SUMMARY_FILE, CONFIG_FILE, ENV_FILE):
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _truncate_metrics(path: Path, upto_epoch: int) -> None:

@@ -1,0 +1,34 @@
+"""``tinyrobust reproduce``: the paper's comparison in one command."""
+
+from __future__ import annotations
+
+import argparse
+
+DATASETS = ("cifar10", "svhn", "speech_commands")
+
+
+def add_parser(sub) -> str:
+    p = sub.add_parser("reproduce", help="train, attack and report the paper's comparison for a dataset",
+                       description="Trains what is missing (reusing finished runs), attacks every model with the "
+                                   "same settings, and writes report.md and report.html.")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--budget", default="quick", help="a budget of the grid file (quick or full; default quick)")
+    p.add_argument("--out", help="output folder (default results/<dataset>-<budget>)")
+    p.add_argument("--data-dir", help="where datasets live (default $TINYROBUST_DATA)")
+    p.add_argument("--stages", default="train,attack,report",
+                   help="comma list of stages to run: train, attack, report (default all)")
+    p.add_argument("--grid-dir", help="folder of grid files (default configs/reproduce)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the attack subset and attacks")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return "reproduce"
+
+
+def run(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    out = args.out or f"results/{args.dataset}-{args.budget}"
+    path = reproduce(args.dataset, args.budget, out, data_dir=args.data_dir,
+                     stages=[s.strip() for s in args.stages.split(",") if s.strip()], seed=args.seed,
+                     progress=not args.quiet, configs_dir=args.grid_dir)
+    print(f"report: {path}" if path.name == "report.md" else f"results in {path}")
+    return 0

@@ -88,8 +88,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, Dict[str, Command]]:
     handlers["list"] = _models
 
     for module in _command_modules():
-        name = module.add_parser(sub)
-        handlers[name] = module.run
+        if hasattr(module, "add_parsers"):  # a module that adds several commands
+            module.add_parsers(sub)
+            handlers.update(module.COMMANDS)
+        else:
+            handlers[module.add_parser(sub)] = module.run
     return p, handlers
 
 

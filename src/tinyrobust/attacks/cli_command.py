@@ -11,7 +11,7 @@ from ..errors import AttackError
 DEFAULT_ATTACKS = "pgd,autoattack,square"
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> str:
     p = subparsers.add_parser(
         "attack", help="measure adversarial robustness of a trained run",
         description="Attack a trained run on a seeded, stratified test subset at several L-inf budgets, check "
@@ -32,14 +32,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="EOT samples per gradient for stochastic models (default: 8 if the model is stochastic)")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default: 128)")
     p.add_argument("--list", action="store_true", help="list attacks, threat models and defaults, then exit")
-    return p
+    return "attack"
 
 
 def parse_eps(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise AttackError(f"--eps must be comma-separated numbers in pixel units /255, e.g. 1,2,4,8; got {text!r}") from None
+        raise AttackError(f"--eps must be comma-separated numbers in pixel units /255, e.g. 1,2,4,8; "
+                          f"got {text!r}") from None
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict]:

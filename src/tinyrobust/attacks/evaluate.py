@@ -53,6 +53,9 @@ def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=Non
                progress: bool = True) -> dict:
     """Attack the model of ``run_dir``; ``attacks`` is a name list or a spec like ``"white,square"``.
 
+    Finished attacks are kept in ``<out>/robustness_parts/``: a run killed part-way and started again
+    reuses them (same images, budgets, seed and parameters) instead of attacking again.
+
     ``eot_samples=None`` uses 8 EOT samples for a model with ``stochastic=True`` and 1 otherwise.
     Writes ``robustness.json`` atomically into ``out`` (default: the run dir) and returns it."""
     from ..data import load_dataset
@@ -88,7 +91,8 @@ def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=Non
     stochastic = bool(getattr(run.model, "stochastic", False))
     eot = eot_samples if eot_samples is not None else (DEFAULT_STOCHASTIC_EOT if stochastic else 1)
     results = run_attacks(run.model, x, y, names, budgets, seed=seed, surrogate=surrogate, params=params,
-                          eot_samples=eot, batch_size=batch_size, progress=progress)
+                          eot_samples=eot, batch_size=batch_size, progress=progress,
+                          resume_dir=Path(out if out is not None else run.run_dir) / "robustness_parts")
     results["notes"] += [f"{a} attack skipped: it needs a --surrogate run" for a in skipped]
 
     path = Path(out) if out is not None else Path(run.run_dir)
@@ -124,7 +128,8 @@ def format_table(results: dict) -> str:
         lines.append(f"{meta.get('model')} on {meta.get('dataset')} ({meta.get('threat_model')})")
     lines.append(f"clean accuracy {_fmt(results['clean_accuracy'])}% (n={results['n']}, seed {results['seed']}"
                  + (f", EOT {results['eot_samples']} samples" if results.get("stochastic") else "") + ")")
-    head = f"{'attack':<13}{'family':<7}" + "".join(f"{k + '/255':>9}" for k in keys) + f"{'queries/img':>13}{'time s':>9}"
+    head = (f"{'attack':<13}{'family':<7}" + "".join(f"{k + '/255':>9}" for k in keys)
+            + f"{'queries/img':>13}{'time s':>9}")
     lines += ["robust accuracy (%) at L-inf eps", head, "-" * len(head)]
     footnotes = []
     for name, a in results["attacks"].items():
@@ -165,7 +170,7 @@ def list_attacks() -> str:
     for name in ORDER:
         spec = ATTACKS.get(name)
         defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or "none"
-        lines += [f"{name:<12} {spec.family}-box  {spec.threat_model}", f"{'':<12} defaults: {defaults}"]
+        lines += [f"{name:<12} {spec.family}-box  {spec.describe()}", f"{'':<12} defaults: {defaults}"]
     probes = ", ".join(f"{k}={v}" for k, v in PROBE_DEFAULTS.items())
     lines += [f"{'masking':<12} gradient-masking probes (extra PGD runs), defaults: {probes}",
               "families: white, black, all; override a default with --set ATTACK.KEY=VALUE"]

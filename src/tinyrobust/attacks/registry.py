@@ -34,6 +34,10 @@ class AttackSpec:
     build: Callable[..., Any]
     needs_surrogate: bool = False  # crafted on a surrogate model, evaluated on the target
 
+    def describe(self, params: dict[str, Any] | None = None) -> str:
+        """The threat model with the budget actually used (``{key}`` fields filled from params)."""
+        return self.threat_model.format(**{**self.defaults, **(params or {})})
+
 
 ATTACKS: Registry[AttackSpec] = Registry("attack")
 
@@ -94,41 +98,45 @@ def _build_zoo(t, eps, p):
 
 _PGD_DEFAULTS = {"steps": 20, "step_scale": 2.5, "random_starts": 1}
 
+# Threat models hold {key} fields that AttackSpec.describe fills with the budget actually used.
 _SPECS = (
     AttackSpec("fgsm", "white", "L-inf, eps per run, one signed-gradient step, no random start (ART)",
                "inf", True, {}, _build_fgsm),
-    AttackSpec("pgd", "white", "L-inf, eps per run, 20 steps of 2.5*eps/steps, 1 random start (ART)",
+    AttackSpec("pgd", "white",
+               "L-inf, eps per run, {steps} steps of {step_scale}*eps/steps, {random_starts} random start(s) (ART)",
                "inf", True, dict(_PGD_DEFAULTS), _build_pgd),
     AttackSpec("autoattack", "white",
-               "L-inf, eps per run: APGD-CE then APGD-DLR on survivors, 100 steps each, random start; "
-               "broken if any iterate is misclassified (AutoAttack's white-box part; worst_case adds square)",
+               "L-inf, eps per run: APGD-CE then APGD-DLR on survivors, {steps} steps each, {restarts} random "
+               "start(s); broken if any iterate is misclassified (AutoAttack's white-box part; worst_case adds "
+               "square)",
                "inf", True, {"steps": 100, "restarts": 1}, _build_autoattack),
     AttackSpec("cw", "white",
-               f"Carlini-Wagner L2 minimum-norm, unbounded, 5 binary-search x 50 Adam steps; {MIN_NORM_RULE}; "
-               "also reports accuracy after the unbounded attack and median L2",
+               "Carlini-Wagner L2 minimum-norm, unbounded, {binary_search_steps} binary-search x {steps} Adam "
+               "steps; " + MIN_NORM_RULE + "; also reports accuracy after the unbounded attack and median L2",
                "2", False,
                {"steps": 50, "binary_search_steps": 5, "lr": 0.01, "initial_const": 1.0, "confidence": 0.0},
                _build_cw),
-    AttackSpec("square", "black", "L-inf, eps per run, score-based random search, <= 1000 queries/image",
+    AttackSpec("square", "black", "L-inf, eps per run, score-based random search, <= {queries} queries/image",
                "inf", True, {"queries": 1000, "p_init": 0.8}, _build_square),
     AttackSpec("hopskipjump", "black",
-               f"L-inf minimum-norm, decision-based, 5 iterations (~500 queries/image) (ART); {MIN_NORM_RULE}",
+               "L-inf minimum-norm, decision-based, {max_iter} iterations of <= {max_eval} queries (ART); "
+               + MIN_NORM_RULE,
                "inf", False, {"max_iter": 5, "max_eval": 500, "init_eval": 50, "init_size": 100},
                _build_hopskipjump),
     AttackSpec("boundary", "black",
-               f"L2 minimum-norm, decision-based, 25 iterations (~400 queries/image) (ART); {MIN_NORM_RULE}",
+               "L2 minimum-norm, decision-based, {max_iter} iterations x {num_trial} trials (ART); " + MIN_NORM_RULE,
                "2", False, {"max_iter": 25, "num_trial": 10, "sample_size": 10, "init_size": 100},
                _build_boundary),
     AttackSpec("zoo", "black",
-               f"L2 minimum-norm, score-based coordinate descent, 10 iterations (ART); weak at this budget, "
-               f"a sanity check only; {MIN_NORM_RULE}",
+               "L2 minimum-norm, score-based coordinate descent, {max_iter} iterations x {nb_parallel} "
+               "coordinates (ART); weak at small budgets, a sanity check only; " + MIN_NORM_RULE,
                "2", False,
                {"max_iter": 10, "binary_search_steps": 1, "nb_parallel": 128, "learning_rate": 0.1,
                 "initial_const": 1.0},
                _build_zoo),
     AttackSpec("transfer", "black",
-               "L-inf, eps per run: PGD (20 steps, random start) crafted on a separately trained surrogate "
-               "model, evaluated on the target (one query per image)",
+               "L-inf, eps per run: PGD ({steps} steps, {random_starts} random start(s)) crafted on a separately "
+               "trained surrogate model, evaluated on the target (one query per image)",
                "inf", True, dict(_PGD_DEFAULTS), _build_pgd, needs_surrogate=True),
 )
 for _spec in _SPECS:

@@ -7,10 +7,13 @@ monotone in eps, so a rise with eps stays visible to the gradient-masking checks
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import sys
 import time
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import AttackError
+from ..io_utils import atomic_write_json
 from . import masking
 from .registry import AttackSpec, get_attack
 from .target import Target
@@ -106,7 +110,7 @@ def _check_inputs(x: np.ndarray, y: np.ndarray) -> None:
 
 
 def _norms(x: np.ndarray, x_adv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    d = (x_adv - x).reshape(len(x), -1).astype(np.float64)
+    d = (x_adv - x).reshape(len(x), int(np.prod(x.shape[1:]))).astype(np.float64)
     return np.abs(d).max(1, initial=0.0), np.linalg.norm(d, axis=1)
 
 
@@ -150,13 +154,15 @@ def _query_stats(spec: AttackSpec, queries: int, n_attacked: int) -> dict:
 def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: list[str], eps: list[float], *,
                 seed: int = 0, surrogate: torch.nn.Module | None = None, params: dict | None = None,
                 eot_samples: int = 1, batch_size: int = 128, progress: bool = True,
-                masking_checks: bool = True) -> dict:
+                masking_checks: bool = True, resume_dir: str | Path | None = None) -> dict:
     """Attack ``model`` on ``x`` (float32 NCHW in [0, 1]) / ``y`` (int labels).
 
     ``eps`` is in pixel units /255. ``params`` overrides defaults per attack, e.g.
     ``{"pgd": {"steps": 50}, "masking": {"large_eps": 128}}``. With ``model.stochastic`` set,
     gradients are averaged over ``eot_samples`` passes (EOT). ``masking_checks`` runs the extra
-    PGD probes and the gradient-masking checks of :mod:`.masking`.
+    PGD probes and the gradient-masking checks of :mod:`.masking`. With ``resume_dir``, each
+    finished attack (and the probes) is saved there and reused by a later call with the same images,
+    budgets, seed and parameters, so a killed evaluation does not redo finished attacks.
     """
     t_start = time.perf_counter()
     specs = [get_attack(a) for a in dict.fromkeys(attacks)]
@@ -203,10 +209,18 @@ def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: l
     jobs = sum(len(budgets) if s.uses_eps else 1 for s in specs) + (2 if masking_checks else 0)
     bar = tqdm(total=jobs, desc="attacks", file=sys.stderr, disable=not progress, unit="run")
     robust_masks: dict[str, dict[str, np.ndarray]] = {}  # eps key -> attack -> robust among clean-correct
+    store = _ResumeStore(resume_dir, xs, ys, budgets, seed, eot)
     for spec in specs:
         p = resolved[spec.name]
+        saved = store.load(spec.name, p)
+        if saved is not None:
+            results["attacks"][spec.name], masks = saved
+            for k, m in masks.items():
+                robust_masks.setdefault(k, {})[spec.name] = m
+            bar.update(len(budgets) if spec.uses_eps else 1)
+            continue
         attacker = surrogate_target if spec.needs_surrogate else target
-        entry: dict[str, Any] = {"family": spec.family, "threat_model": spec.threat_model, "norm": spec.norm,
+        entry: dict[str, Any] = {"family": spec.family, "threat_model": spec.describe(p), "norm": spec.norm,
                                  "params": p, "results": {}}
         if spec.uses_eps:
             for e in budgets:
@@ -234,6 +248,7 @@ def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: l
                 robust_masks.setdefault(eps_key(e), {})[spec.name] = ~broken
             bar.update()
         results["attacks"][spec.name] = entry
+        store.save(spec.name, p, entry, {k: m[spec.name] for k, m in robust_masks.items() if spec.name in m})
 
     # Per image: robust at eps only if it survived every attack (AutoAttack's ensemble rule).
     results["worst_case"] = {
@@ -243,11 +258,48 @@ def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: l
     }
 
     if masking_checks:
-        results["masking_probes"] = _masking_probes(target, xs, ys, n, probe_cfg, seed, bar)
+        probes = store.load("_masking_probes", probe_cfg)
+        if probes is None:
+            probes = _masking_probes(target, xs, ys, n, probe_cfg, seed, bar)
+            store.save("_masking_probes", probe_cfg, probes, {})
+        else:
+            probes = probes[0]
+            bar.update(2)
+        results["masking_probes"] = probes
         results["masking_checks"] = masking.check_masking(results)
     bar.close()
     results["wall_time_s"] = round(time.perf_counter() - t_start, 3)
     return results
+
+
+class _ResumeStore:
+    """Finished attacks saved as JSON, keyed by a fingerprint of everything their result depends on."""
+
+    def __init__(self, folder, xs: np.ndarray, ys: np.ndarray, budgets: list[float], seed: int, eot: int):
+        self.folder = Path(folder) if folder is not None else None
+        digest = hashlib.sha1(np.ascontiguousarray(xs).tobytes())
+        digest.update(np.ascontiguousarray(ys).tobytes())
+        self.base = {"images_sha1": digest.hexdigest(), "eps": budgets, "seed": seed, "eot": eot}
+
+    def _key(self, params: dict) -> str:
+        return json.dumps({**self.base, "params": params}, sort_keys=True, default=str)
+
+    def load(self, name: str, params: dict):
+        if self.folder is None or not (self.folder / f"{name}.json").is_file():
+            return None
+        try:
+            saved = json.loads((self.folder / f"{name}.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # unreadable: redo the attack
+        if saved.get("key") != self._key(params):
+            return None
+        return saved["entry"], {k: np.asarray(v, dtype=bool) for k, v in saved["masks"].items()}
+
+    def save(self, name: str, params: dict, entry: dict, masks: dict) -> None:
+        if self.folder is None:
+            return
+        atomic_write_json(self.folder / f"{name}.json", {
+            "key": self._key(params), "entry": entry, "masks": {k: m.tolist() for k, m in masks.items()}})
 
 
 def _masking_probes(target: Target, xs: np.ndarray, ys: np.ndarray, n: int, cfg: dict, seed: int, bar) -> dict:

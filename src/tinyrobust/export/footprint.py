@@ -148,7 +148,8 @@ def format_footprint(fp: Dict[str, Any], references: Optional[List[Dict[str, Any
         f"double buffer:     {_kb(fp['double_buffer_kb'])} KB  (largest pair of consecutive tensors: "
         f"{' + '.join(fp['double_buffer_pair'])})",
         "",
-        "definitions: " + "; ".join(f"{k}: {v}" for k, v in fp["definitions"].items()),
+        "definitions:",
+        *(f"  {k:<17} {v}" for k, v in fp["definitions"].items()),
     ]
     if references is not None:
         lines += ["", "references (float: 32-bit weights/activations/input; int8: 8-bit):",

@@ -107,8 +107,10 @@ def check_exportable(model: torch.nn.Module, fmt: str) -> None:
 def _export_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy in eval mode with no Brevitas export handler attached.
 
-    Brevitas attaches a handler to each quant proxy on the first export and never replaces it, so
-    exporting one model object to QCDQ and then to QONNX would silently reuse the QCDQ handlers."""
+    Brevitas attaches a format-specific handler to each quant proxy and never replaces one that is
+    set; a failed export leaves them behind, and a later export to the other format would reuse
+    them (a QONNX export then fails in the QCDQ handler). The copy also keeps the caller's model
+    out of export mode entirely."""
     m = copy.deepcopy(model).eval()
     for sub in m.modules():
         if hasattr(sub, "export_handler"):
@@ -233,7 +235,8 @@ def verify_export(model: torch.nn.Module, path: str | Path, x: torch.Tensor, y: 
     xs = x.detach().cpu().numpy().astype(np.float32)
     out = onnx_predict_fn(path, fmt=fmt)(xs)
     result: Dict[str, Any] = {"n": int(len(x)), **_compare(ref, out)}
-    result["runtime"] = "qonnx.core.onnx_exec.execute_onnx" if fmt == "qonnx" else "onnxruntime (default graph optimizations)"
+    result["runtime"] = ("qonnx.core.onnx_exec.execute_onnx" if fmt == "qonnx"
+                         else "onnxruntime (default graph optimizations)")
     if fmt == "onnx":
         raw = _compare(ref, onnx_predict_fn(path, fmt="onnx", optimize=False)(xs))
         result.update({f"{k}_no_graph_opt": v for k, v in raw.items()})
@@ -273,6 +276,8 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         torch.set_num_threads(threads)
     run = load_run(run_dir)
     out = Path(out) if out else run.run_dir / DEFAULT_FILENAMES[fmt]
+    if out.is_dir():
+        out = out / DEFAULT_FILENAMES[fmt]
     check_writable(out.parent)
     check_exportable(run.model, fmt)
     test = load_dataset(run.cfg.data.dataset, "test", data_dir or run.cfg.data.data_dir)

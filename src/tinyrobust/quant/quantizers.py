@@ -19,9 +19,12 @@ All of them pass gradients with straight-through estimators, which is what white
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
+import brevitas
 import torch.nn as nn
+from brevitas.function.ops_ste import binary_sign_ste
+from torch import Tensor
 from brevitas.inject.enum import FloatToIntImplType, ScalingImplType, StatsOp
 from brevitas.quant import Int8WeightPerChannelFloat, Uint8ActPerTensorFloat
 from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
@@ -44,10 +47,24 @@ class StochasticTernaryWeight(TernaryWeight):
     deterministic_inference = True
 
 
+class ScaledSignQuant(BinaryQuant):
+    """``sign(w / scale) * scale`` with a straight-through sign: d(output)/dw = 1, as for the integer
+    quantizers' ``round(w / scale) * scale``. Brevitas' BinaryQuant computes ``sign(w) * scale``, whose
+    straight-through gradient is ``scale`` (~mean |w|, a few hundredths), so the weights barely
+    learned and the scale statistic's gradient swamped theirs. The forward values are the same."""
+
+    @brevitas.jit.script_method
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        scale = self.scaling_impl(x)
+        y = binary_sign_ste(x / scale) * scale
+        y = self.delay_wrapper(x, y)
+        return y, scale, self.zero_point(), self.bit_width()
+
+
 class BinaryWeight(SignedBinaryWeightPerTensorConst):
     # plain sign with a straight-through gradient; Brevitas' default clamps the weights in place
     # to +-scale, which zeroes most gradients once the scale is a mean-|w| statistic
-    tensor_quant = BinaryQuant
+    tensor_quant = ScaledSignQuant
     tensor_clamp_impl = TensorClamp
     scaling_impl_type = ScalingImplType.STATS
     scaling_stats_op = StatsOp.AVE

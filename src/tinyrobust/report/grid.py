@@ -14,7 +14,7 @@ from ..errors import ConfigError
 
 ROLES = ["proposed", "reference", "reference_quantized", "float", "ablation", "variant"]
 TOP_KEYS = {"dataset", "surrogate", "eps", "attacks", "base", "budgets", "models"}
-BUDGET_KEYS = {"epochs", "train_subset", "test_subset", "attack_n", "blackbox_n", "attack_params"}
+BUDGET_KEYS = {"epochs", "train_subset", "test_subset", "attack_n", "attack_params"}
 MODEL_KEYS = {"key", "label", "role", "config"}
 
 
@@ -76,6 +76,28 @@ def _require(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _check_attacks(path: Path, atk: Dict[str, Any], budgets: Dict[str, Any]) -> None:
+    """Attack names must be registered and in the family they are listed under."""
+    from ..attacks import get_attack
+    from ..errors import UnknownNameError
+
+    for family in ("white", "black"):
+        for name in atk.get(family) or []:
+            try:
+                spec = get_attack(name)
+            except UnknownNameError as exc:
+                raise ConfigError(f"{path}: attacks.{family}: {exc}") from None
+            if spec.family != family:
+                raise ConfigError(f"{path}: attacks.{family}: {name!r} is a {spec.family}-box attack")
+    for bname, b in budgets.items():
+        for name in (b.get("attack_params") or {}):
+            if name != "masking":
+                try:
+                    get_attack(name)
+                except UnknownNameError as exc:
+                    raise ConfigError(f"{path}: budgets.{bname}.attack_params: {exc}") from None
+
+
 def load_grid(path: str | Path) -> Grid:
     path = Path(path)
     if not path.is_file():
@@ -119,6 +141,7 @@ def load_grid(path: str | Path) -> Grid:
         models.append(GridModel(m["key"], m.get("label", m["key"]), role, m.get("config") or {}))
     _require(sum(m.role == "proposed" for m in models) == 1, f"{path}: exactly one model must have role: proposed")
     _require(any(m.role == "reference" for m in models), f"{path}: at least one model must have role: reference")
+    _check_attacks(path, atk, budgets)
     grid = Grid(path, raw["dataset"], raw.get("surrogate"), [float(e) for e in eps], list(atk.get("white") or []),
                 list(atk.get("black") or []), raw.get("base") or {}, budgets, models)
     if grid.surrogate:

@@ -223,14 +223,40 @@ def _context(grid: Grid, budget: str, out: Path, data: Dict[str, Any]) -> List[s
     lines = [
         f"- dataset: **{grid.dataset}**, read from {', '.join(sorted(sources)) or 'n/a'}",
         f"- budget: **{budget}**; grid: `{grid.path.name}`; seed {meta.get('seed', 0)}",
-        f"- command: `tinyrobust reproduce --dataset {grid.dataset} --budget {budget} --out {out}`",
-        f"- machine: {platform.machine()}, {platform.system()} {platform.release()}, "
-        f"{meta.get('machine', {}).get('cpu_count', '?') if isinstance(meta.get('machine'), dict) else '?'} CPUs",
+        f"- command: `{meta.get('command') or f'tinyrobust reproduce --dataset {grid.dataset} --budget {budget} --out {out}'}`",
+        f"- machine: {(meta.get('machine') or {}).get('platform', platform.platform())}, "
+        f"{(meta.get('machine') or {}).get('cpu_count', '?')} CPUs",
         f"- attacks: every model on the same seeded, class-stratified {n} test images; L-inf budgets "
         f"{', '.join(f'{e:g}' for e in grid.eps)} (/255); robust accuracy counts clean errors as failures",
         f"- stage durations (s): {json.dumps(meta.get('stage_seconds', {}))}",
     ]
     return lines
+
+
+FOOTPRINT_NOTE = ("Weights at their bit widths (biases 32-bit; BN folds into the layer before it); activation "
+                  "memory at the activation quantizer's bits: peak = largest single layer output, double buffer = "
+                  "largest pair of consecutive tensors (docs/deployment.md).")
+
+
+def footprint(grid: Grid, out: Path) -> Table:
+    """Memory of every trained model of the grid beside the MLCommons Tiny references."""
+    from ..export.footprint import footprint_run, reference_footprints
+
+    head = ["model", "precision", "params", "weight KB", "peak act KB", "double buffer KB"]
+    rows = []
+    for m in grid.models:
+        if not (out / "runs" / m.key / "model.safetensors").is_file():
+            continue
+        fp = footprint_run(out / "runs" / m.key, references=False)
+        q = m.config.get("model", {}).get("quant", {})
+        rows.append([m.label, f"w {q.get('weight', 'float')} / a {q.get('act', 'float')}", f"{fp['parameters']:,}",
+                     f"{fp['weight_kb']:.1f}", f"{fp['peak_act_kb']:.1f}", f"{fp['double_buffer_kb']:.1f}"])
+    for r in reference_footprints():
+        if "skipped" in r:
+            continue
+        rows.append([f"reference {r['model']}", r["precision"], f"{r['parameters']:,}", f"{r['weight_kb']:.1f}",
+                     f"{r['peak_act_kb']:.1f}", f"{r['double_buffer_kb']:.1f}"])
+    return head, rows
 
 
 def write_report(grid: Grid, budget: str, out: Path) -> Path:
@@ -243,12 +269,8 @@ def write_report(grid: Grid, budget: str, out: Path) -> Path:
     atomic_write_json(out / "report.json", {"tables": {k: {"header": v[0], "rows": v[1]} for k, v in t.items()},
                                             "headline": headline(data), "data": data})
     ctx = _context(grid, budget, out, data)
-    try:
-        from ..export.footprint import format_footprint_markdown  # optional: present once export lands
-
-        footprint_md = format_footprint_markdown([out / "runs" / m.key for m in grid.models])
-    except ImportError:
-        footprint_md = None
+    t["footprint"] = footprint(grid, out)
+    footprint_md = md_table(t["footprint"])
 
     attack_sections = [(k.split(":", 1)[1], v) for k, v in t.items() if k.startswith("attack:")]
     md = [f"# tinyrobust reproduce: {grid.dataset}", "", *ctx, "",
@@ -258,8 +280,7 @@ def write_report(grid: Grid, budget: str, out: Path) -> Path:
           "## Models", "", md_table(t["models"]), "",
           "## Robust accuracy (%) summary", "", md_table(t["summary"]), "",
           "## Gradient-masking checks", "", md_table(t["masking"]), ""]
-    if footprint_md:
-        md += ["## Memory footprint", "", footprint_md, ""]
+    md += ["## Memory footprint", "", FOOTPRINT_NOTE, "", footprint_md, ""]
     md += ["## Accuracy (%) under each attack", ""]
     for a, tab in attack_sections:
         md += [f"### {a}", "", md_table(tab), ""]
@@ -276,8 +297,7 @@ def write_report(grid: Grid, budget: str, out: Path) -> Path:
     body += ["</ul><h2>Headline: proposed model minus MLCommons Tiny reference</h2>", html_table(t["headline"]),
              "<h2>Models</h2>", html_table(t["models"]), "<h2>Robust accuracy (%) summary</h2>",
              html_table(t["summary"]), "<h2>Gradient-masking checks</h2>", html_table(t["masking"])]
-    if footprint_md:
-        body += ["<h2>Memory footprint</h2><pre>", html.escape(footprint_md), "</pre>"]
+    body += ["<h2>Memory footprint</h2>", f"<p>{html.escape(FOOTPRINT_NOTE)}</p>", html_table(t["footprint"])]
     for name, blob in pngs.items():
         body.append(f'<p><img alt="{name}" src="data:image/png;base64,{base64.b64encode(blob).decode()}"></p>')
     body.append("<h2>Accuracy (%) under each attack</h2>")

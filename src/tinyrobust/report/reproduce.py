@@ -8,6 +8,8 @@ reproduce run killed at any point and started again continues from the finished 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -48,31 +50,30 @@ def train_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], pro
     return summaries
 
 
-def attack_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], seed: int) -> Dict[str, Any]:
+def attack_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], seed: int,
+                 progress: bool = True) -> Dict[str, Any]:
+    """Attack every trained model with every attack of the grid, on the same seeded test images.
+
+    A model whose run is not finished yet is skipped (run the stage again later); the transfer
+    attack waits for its surrogate. Finished attacks are reused (``robustness_parts/``)."""
     from ..attacks.evaluate import attack_run
 
     b = grid.budget(budget)
-    results = {}
     surrogate = out / "runs" / grid.surrogate if grid.surrogate else None
+    surrogate_ready = surrogate is not None and (surrogate / "model.safetensors").is_file()
+    results = {}
     for i, m in enumerate(grid.models, 1):
         run_dir = out / "runs" / m.key
-        res_dir = out / "attacks" / m.key
-        results[m.key] = {}
-        for family, names, n in (("white", grid.white, b.get("attack_n", 500)),
-                                 ("black", grid.black, b.get("blackbox_n", b.get("attack_n", 100)))):
-            names = [a for a in names if not (a == "transfer" and (surrogate is None or m.key == grid.surrogate))]
-            path = res_dir / f"{family}.json"
-            if path.is_file():
-                _log(f"attack {i}/{len(grid.models)} {m.key} ({family}-box): finished results reused")
-                results[m.key][family] = json.loads(path.read_text())
-                continue
-            if not names:
-                continue
-            _log(f"attack {i}/{len(grid.models)} {m.key} ({family}-box): {', '.join(names)} on {n} images")
-            results[m.key][family] = attack_run(
-                run_dir, names, grid.eps, n=n, seed=seed, data_dir=data_dir, out=res_dir,
-                surrogate_run=surrogate if "transfer" in names else None,
-                params=b.get("attack_params") or None, out_name=f"{family}.json")
+        if not (run_dir / "model.safetensors").is_file():
+            _log(f"attack {i}/{len(grid.models)} {m.key}: not trained yet, skipped")
+            continue
+        names = [a for a in grid.white + grid.black
+                 if a != "transfer" or (surrogate_ready and m.key != grid.surrogate)]
+        _log(f"attack {i}/{len(grid.models)} {m.key}: {', '.join(names)} on {b.get('attack_n', 500)} images")
+        results[m.key] = attack_run(
+            run_dir, names, grid.eps, n=b.get("attack_n", 500), seed=seed, data_dir=data_dir,
+            out=out / "attacks" / m.key, surrogate_run=surrogate if "transfer" in names else None,
+            params=b.get("attack_params") or None, progress=progress)
     return results
 
 
@@ -90,11 +91,14 @@ def reproduce(dataset: str, budget: str, out: str | Path, *, data_dir: Optional[
     t0 = time.time()
     meta_path = out / "reproduce.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    meta.update({"dataset": dataset, "budget": budget, "grid": str(grid.path), "seed": seed})
+    meta.update({"dataset": dataset, "budget": budget, "grid": str(grid.path), "seed": seed,
+                 "command": "tinyrobust reproduce " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["reproduce"] else None,
+                 "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                             "cpu_count": os.cpu_count()}})
     if "train" in stages:
         train_stage(grid, budget, out, data_dir, progress)
     if "attack" in stages:
-        attack_stage(grid, budget, out, data_dir, seed)
+        attack_stage(grid, budget, out, data_dir, seed, progress)
     meta.setdefault("stage_seconds", {})
     meta["stage_seconds"]["+".join(stages) + "@" + time.strftime("%Y-%m-%dT%H:%M:%S")] = round(time.time() - t0, 1)
     atomic_write_json(meta_path, meta)

@@ -1,0 +1,293 @@
+"""Training end to end: the run folder, accuracy, eval, refusing to overwrite, and exact resume
+after a crash or a SIGKILL at random points."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tinyrobust import cli
+from tinyrobust.config import config_from_dict, load_config
+from tinyrobust.runs import load_run
+from tinyrobust.train import loop
+from tinyrobust.train.checkpoint import load_checkpoint
+
+from conftest import tiny_config_dict
+
+RUN_FILES = {"config.yaml", "env.json", "metrics.jsonl", "checkpoint.pt", "model.safetensors", "summary.json"}
+# metric fields that are a pure function of (config, seed); the rest are timings
+DETERMINISTIC = ("epoch", "train_loss", "train_ce", "train_jr_penalty", "jr_estimates", "train_accuracy",
+                 "test_accuracy", "lr_end")
+
+
+def run_cli(argv, capsys):
+    """``tinyrobust <argv>`` in-process -> (exit code, stdout, stderr)."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def deterministic(rows: list[dict]) -> list[dict]:
+    return [{k: r[k] for k in DETERMINISTIC} for r in rows]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+# ---------------------------------------------------------------- the run folder
+
+
+def test_train_eval_and_refuse_to_overwrite(fake_cifar, one_thread, tmp_path, capsys, write_config):
+    cfg_path = write_config(tiny_config_dict(name="e2e", train={"epochs": 2}))
+    run_dir = tmp_path / "runs" / "e2e"
+    code, out, err = run_cli(["train", "--config", cfg_path, "--run-dir", run_dir, "--quiet"], capsys)
+    assert code == 0, err
+    assert set(os.listdir(run_dir)) == RUN_FILES
+    assert load_config(run_dir / "config.yaml") == load_config(cfg_path)
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["seed"] == 0 and env["threads"] == 1
+    assert str(fake_cifar / "cifar-10-batches-py") in env["data_source"] and "brevitas" in env
+
+    rows = metrics(run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2]  # one JSON line per epoch
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[0]["jr_estimates"] == {} and rows[0]["train_jr_penalty"] == 0.0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test_examples"] == 50 and summary["epochs"] == 2
+    assert summary["test_accuracy"] >= 0.5  # chance is 0.1 on the class-coloured blobs
+    assert summary["test_accuracy"] == rows[-1]["test_accuracy"]
+    assert summary["parameters"] == 141_039
+    assert f"test accuracy {100 * summary['test_accuracy']:.2f}%" in out and str(run_dir) in out
+
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    assert state["epoch"] == 2 and set(state) >= {"model", "optimizer", "epoch"}
+    run = load_run(run_dir)
+    assert not run.model.training and run.summary == summary
+    x = torch.from_numpy(fake_cifar_arrays(fake_cifar)[0]).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(fake_cifar_arrays(fake_cifar)[1])
+    assert loop.evaluate_accuracy(run.model, x, y) == summary["test_accuracy"]
+
+    # eval prints accuracy, parameters and weight memory
+    code, out, err = run_cli(["eval", "--run", run_dir], capsys)
+    assert code == 0, err
+    assert f"clean accuracy: {100 * summary['test_accuracy']:.2f}% on 50 test images" in out
+    assert "parameters:     141,039" in out and f"weight memory:  {summary['weight_kb']:.1f} KB" in out
+    assert "blocks.block1.conv" in out and "int8" in out
+    code, out, err = run_cli(["eval", "--run", run_dir, "--json"], capsys)
+    result = json.loads(out)
+    assert result["clean_accuracy"] == summary["test_accuracy"] and result["weight_kb"] == summary["weight_kb"]
+    assert json.loads((run_dir / "eval.json").read_text())["clean_accuracy"] == summary["test_accuracy"]
+
+    # a second train into the same folder without --resume is refused; nothing is touched
+    before = {p: (run_dir / p).stat().st_mtime_ns for p in RUN_FILES}
+    code, out, err = run_cli(["train", "--config", cfg_path, "--run-dir", run_dir, "--quiet"], capsys)
+    assert code == 2 and out == ""
+    assert err == (f"tinyrobust train: error: {run_dir} already holds a run; pass --resume to continue it, "
+                   "or choose another --run-dir\n")
+    # --resume on a finished run trains nothing and reports the same result
+    code, out, err = run_cli(["train", "--run-dir", run_dir, "--resume", "--quiet"], capsys)
+    assert code == 0 and f"{100 * summary['test_accuracy']:.2f}%" in out
+    assert before == {p: (run_dir / p).stat().st_mtime_ns for p in RUN_FILES}
+
+
+def fake_cifar_arrays(data_dir: Path):
+    from tinyrobust.data import load_dataset
+
+    ds = load_dataset("cifar10", "test", data_dir, download=False)
+    return ds.x, ds.y
+
+
+def test_jr_run_logs_its_penalty_and_has_a_smaller_jacobian(train_tiny, tmp_path):
+    from tinyrobust.train.jacobian import exact_frobenius
+
+    common = dict(train={"epochs": 2, "max_batches_per_epoch": 4})
+    plain_dir, _ = train_tiny(tmp_path / "plain", **common)
+    jr_dir, jr_summary = train_tiny(tmp_path / "jr", jr={"weight": 0.5, "layers": {"block4": 0.5}}, **common)
+    rows = metrics(jr_dir)
+    assert set(rows[0]["jr_estimates"]) == {"network", "block4"}
+    assert all(r["train_jr_penalty"] > 0 and r["train_loss"] > r["train_ce"] for r in rows)
+    x = torch.from_numpy(fake_cifar_arrays(None)[0][:4]).permute(0, 3, 1, 2).float() / 255
+    norm = {d.name: exact_frobenius(load_run(d).model, x).mean().item() for d in (plain_dir, jr_dir)}
+    assert norm["jr"] < 0.5 * norm["plain"], norm
+    assert jr_summary["test_accuracy"] >= 0.3
+
+
+# ---------------------------------------------------------------- resume is exact
+
+
+class _Crash(Exception):
+    pass
+
+
+EXACT_CASES = {
+    # runtime-statistics activation scales (Brevitas keeps their step counter outside the state dict)
+    # and whole-network JR (random projections)
+    "int4_act_jr": dict(jr={"weight": 0.05}),
+    # learned ternary scales (re-created by Brevitas on load), stochastic rounding, augmentation,
+    # Adam, warm-up and a per-block JR term
+    "stochastic_ternary_adam": dict(
+        model={"name": "qnn", "quant": {"weight": "stochastic_ternary", "act": "int4", "first_weight": "int8",
+                                        "last_weight": "int8"}},
+        train={"optimizer": "adam", "lr": 0.003, "augment": True, "warmup_epochs": 0.5},
+        jr={"layers": {"block2": 0.05}}),
+}
+
+
+@pytest.mark.parametrize("case", EXACT_CASES)
+def test_resume_after_a_crash_is_exact(train_tiny, tmp_path, monkeypatch, case):
+    sections = dict(EXACT_CASES[case])
+    sections["train"] = {"epochs": 3, "max_batches_per_epoch": 2, **sections.get("train", {})}
+    ref_dir, ref_summary = train_tiny(tmp_path / "ref", **sections)
+
+    real_save = loop.save_checkpoint
+
+    def save_then_crash(path, state):
+        real_save(path, state)
+        if state["epoch"] == 1:
+            raise _Crash
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    with pytest.raises(_Crash):
+        train_tiny(tmp_path / "crashed", **sections)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert not (tmp_path / "crashed" / "model.safetensors").exists()
+    _, summary = train_tiny(tmp_path / "crashed", resume=True, **sections)
+
+    assert_same_weights(ref_dir, tmp_path / "crashed")
+    assert deterministic(metrics(tmp_path / "crashed")) == deterministic(metrics(ref_dir))
+    assert summary["test_accuracy"] == ref_summary["test_accuracy"]
+    a, b = load_checkpoint(ref_dir / "checkpoint.pt"), load_checkpoint(tmp_path / "crashed" / "checkpoint.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["quant_state"].keys() == b["quant_state"].keys()
+
+
+# ---------------------------------------------------------------- kill -9 at random points
+
+
+class Trainer:
+    """``python -m tinyrobust.cli train`` as a real process, killed with SIGKILL on cue."""
+
+    def __init__(self, cfg_path: Path, run_dir: Path, log_dir: Path):
+        self.cfg_path, self.run_dir, self.log_dir = cfg_path, run_dir, log_dir
+        self.launches = 0
+
+    def start(self, resume: bool) -> subprocess.Popen:
+        self.launches += 1
+        self.err_path = self.log_dir / f"stderr{self.launches}.txt"
+        argv = [sys.executable, "-m", "tinyrobust.cli", "train", "--config", str(self.cfg_path),
+                "--run-dir", str(self.run_dir), "--quiet"] + (["--resume"] if resume else [])
+        with open(self.log_dir / f"stdout{self.launches}.txt", "w") as out, open(self.err_path, "w") as err:
+            return subprocess.Popen(argv, stdout=out, stderr=err, env=os.environ.copy())
+
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def metric_lines(self) -> int:
+        p = self.run_dir / "metrics.jsonl"
+        return p.read_text().count("\n") if p.exists() else 0
+
+    def wait_for(self, proc: subprocess.Popen, cond, timeout: float = 120.0) -> None:
+        t0 = time.monotonic()
+        while not cond():
+            assert proc.poll() is None, f"trainer exited early ({proc.returncode}): {self.stderr()}"
+            assert time.monotonic() - t0 < timeout, "trainer made no progress"
+            time.sleep(0.01)
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL, f"trainer finished before the kill: {self.stderr()}"
+
+    def check_consistent(self) -> int:
+        """After a kill: the checkpoint is absent or loads; metrics hold whole lines up to it."""
+        ckpt = self.run_dir / "checkpoint.pt"
+        if not ckpt.exists():
+            return 0
+        state = load_checkpoint(ckpt)  # never half-written
+        assert set(state) >= {"model", "optimizer", "epoch", "quant_state"}
+        lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) >= state["epoch"]
+        assert [json.loads(line)["epoch"] for line in lines[: state["epoch"]]] == list(range(1, state["epoch"] + 1))
+        return state["epoch"]
+
+
+def test_sigkill_and_resume_reproduces_the_uninterrupted_run(fake_cifar, one_thread, tmp_path, write_config):
+    raw = tiny_config_dict(
+        name="killed",
+        model={"name": "qnn", "quant": {"weight": "stochastic_ternary", "act": "int4", "first_weight": "int8",
+                                        "last_weight": "int8"}},
+        train={"epochs": 4, "max_batches_per_epoch": 3, "augment": True},
+        jr={"weight": 0.02},
+    )
+    cfg_path = write_config(raw)
+    ref_dir = tmp_path / "reference"
+    loop.train_run(config_from_dict(raw), ref_dir, progress=False)
+    torch.set_num_threads(1)
+    epoch_s = sum(r["epoch_time_s"] for r in metrics(ref_dir)) / 4
+
+    rng = random.Random(1234)
+    run_dir = tmp_path / "run"
+    t = Trainer(cfg_path, run_dir, tmp_path)
+    epochs_done = []
+
+    # 1. right after the first checkpoint appears (the process is starting epoch 2)
+    p = t.start(resume=False)
+    t.wait_for(p, lambda: (run_dir / "checkpoint.pt").exists())
+    t.kill(p)
+    epochs_done.append(t.check_consistent())
+
+    # 2. mid-epoch, a random moment after the resumed process starts training
+    p = t.start(resume=True)
+    t.wait_for(p, lambda: "resuming" in t.stderr())
+    time.sleep(rng.uniform(0.2, 0.8) * epoch_s)
+    t.kill(p)
+    epochs_done.append(t.check_consistent())
+
+    # 3. as soon as the next epoch's metrics line is written: the checkpoint is being written now
+    p = t.start(resume=True)
+    t.wait_for(p, lambda: "resuming" in t.stderr())
+    target = t.metric_lines() + 1
+    t.wait_for(p, lambda: t.metric_lines() >= target)
+    t.kill(p)
+    epochs_done.append(t.check_consistent())
+
+    # 4. mid-epoch again
+    p = t.start(resume=True)
+    t.wait_for(p, lambda: "resuming" in t.stderr())
+    time.sleep(rng.uniform(0.2, 0.8) * epoch_s)
+    t.kill(p)
+    epochs_done.append(t.check_consistent())
+    assert epochs_done[0] >= 1 and epochs_done == sorted(epochs_done) and epochs_done[-1] < 4, epochs_done
+
+    # 5. resume to the end
+    p = t.start(resume=True)
+    assert p.wait(120) == 0, t.stderr()
+    assert f"resuming {run_dir} after epoch {epochs_done[-1]}" in t.stderr()
+
+    assert_same_weights(ref_dir, run_dir)
+    assert deterministic(metrics(run_dir)) == deterministic(metrics(ref_dir))
+    assert json.loads((run_dir / "summary.json").read_text())["test_accuracy"] == \
+        json.loads((ref_dir / "summary.json").read_text())["test_accuracy"]
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # no temp files left
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["name"] == "killed"

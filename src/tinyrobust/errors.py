@@ -28,6 +28,10 @@ class CheckpointError(TinyRobustError):
     """A checkpoint is missing, corrupt, or would need unsafe loading."""
 
 
+class RunLocked(TinyRobustError):
+    """Another process is writing this run directory."""
+
+
 class TrainingDiverged(TinyRobustError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..errors import TinyRobustError
+from ..errors import RunLocked, TinyRobustError
 from ..io_utils import atomic_write_json, check_writable
 from .grid import Grid, load_grid
 
@@ -46,7 +46,10 @@ def train_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], pro
             _log(f"train {i}/{len(grid.models)} {m.key}: finished run reused")
         else:
             _log(f"train {i}/{len(grid.models)} {m.key}: training ({cfg.train.epochs} epochs)")
-        summaries[m.key] = train_run(cfg, run_dir, resume=True, data_dir=data_dir, progress=progress)
+        try:
+            summaries[m.key] = train_run(cfg, run_dir, resume=True, data_dir=data_dir, progress=progress)
+        except RunLocked as exc:  # another reproduce process is training it: move on
+            _log(f"train {i}/{len(grid.models)} {m.key}: skipped, {exc}")
     return summaries
 
 

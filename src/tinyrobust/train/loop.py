@@ -13,6 +13,7 @@ import platform
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..config import RunConfig, config_from_dict, dump_config, load_config
-from ..errors import CheckpointError, ConfigError, TinyRobustError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, RunLocked, TinyRobustError, TrainingDiverged
 from ..io_utils import append_jsonl, atomic_write_json, atomic_write_text, check_writable
 from .checkpoint import (load_checkpoint, quant_runtime_state, restore_quant_runtime_state, save_checkpoint,
                          save_weights)
@@ -145,12 +146,37 @@ def model_summary(model, info) -> Dict[str, Any]:
     }
 
 
+@contextmanager
+def run_lock(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir`` so two processes never train into the same run."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"{run_dir} is being written by another tinyrobust process; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, data_dir: Optional[str] = None,
               progress: bool = True) -> Dict[str, Any]:
     """Train ``cfg`` into ``run_dir``; with ``resume`` continue from the last checkpoint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / SUMMARY_FILE).is_file() or not resume:
+        check_writable(run_dir)
+    with run_lock(run_dir):
+        return _train_run(cfg, run_dir, resume=resume, data_dir=data_dir, progress=progress)
+
+
+def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optional[str],
+               progress: bool) -> Dict[str, Any]:
     from ..data.loader import BatchIterator
 
-    run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT_FILE
     if (run_dir / SUMMARY_FILE).is_file() and resume:
         import json
@@ -159,7 +185,6 @@ def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, data_dir: 
     if not resume and (ckpt_path.exists() or (run_dir / SUMMARY_FILE).exists()):
         raise TinyRobustError(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
-    check_writable(run_dir)
     if resume and (run_dir / CONFIG_FILE).is_file():
         saved = load_config(run_dir / CONFIG_FILE)
         if dump_config(saved) != dump_config(cfg):

@@ -31,6 +31,8 @@ def add_parser(subparsers) -> str:
     p.add_argument("--eot", type=int, metavar="K",
                    help="EOT samples per gradient for stochastic models (default: 8 if the model is stochastic)")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default: 128)")
+    p.add_argument("--onnx", metavar="FILE", help="attack this exported ONNX/QONNX file of the run instead of the "
+                                                  "PyTorch model (black-box attacks only)")
     p.add_argument("--list", action="store_true", help="list attacks, threat models and defaults, then exit")
     return "attack"
 
@@ -71,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         raise AttackError(f"--eot must be >= 1; got {args.eot}")
     results = attack_run(args.run_dir, args.attacks, parse_eps(args.eps), n=args.n, seed=args.seed,
                          data_dir=args.data_dir, out=args.out, surrogate_run=args.surrogate,
-                         params=parse_overrides(args.overrides), eot_samples=args.eot, batch_size=args.batch_size)
+                         params=parse_overrides(args.overrides), eot_samples=args.eot, batch_size=args.batch_size,
+                         onnx_path=args.onnx, out_name="robustness_onnx.json" if args.onnx else "robustness.json")
     print(format_table(results))
     print(f"wrote {results['meta']['output']}")
     return 0

@@ -18,7 +18,7 @@ from .. import __version__
 from ..errors import AttackError
 from ..io_utils import atomic_write_json
 from .masking import PROBE_DEFAULTS
-from .registry import ATTACKS, ORDER, expand_attack_names
+from .registry import ATTACKS, ORDER, expand_attack_names, get_attack
 from .runner import run_attacks, validate_eps
 from .target import Target
 
@@ -50,8 +50,12 @@ def _model_name(config: dict):
 
 def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=None, out=None, surrogate_run=None,
                params: dict | None = None, *, eot_samples: int | None = None, batch_size: int = 128,
-               progress: bool = True) -> dict:
+               progress: bool = True, onnx_path=None, out_name: str = "robustness.json") -> dict:
     """Attack the model of ``run_dir``; ``attacks`` is a name list or a spec like ``"white,square"``.
+
+    With ``onnx_path`` the target is the exported file (run through onnxruntime / the QONNX executor),
+    the artifact an attacker faces on a device: only black-box attacks apply (it has no gradients),
+    and the gradient-masking probes, which need gradients, are skipped.
 
     Finished attacks are kept in ``<out>/robustness_parts/``: a run killed part-way and started again
     reuses them (same images, budgets, seed and parameters) instead of attacking again.
@@ -71,6 +75,14 @@ def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=Non
     if n <= 0:
         raise AttackError(f"--n must be a positive number of test images; got {n}")
     run = load_run(run_dir)
+    if onnx_path is not None:
+        white = [a for a in names if get_attack(a).family == "white"]
+        if white:
+            raise AttackError(f"--onnx targets the exported file, which gives no gradients: white-box attacks "
+                              f"{', '.join(white)} cannot run on it; use --attacks black (or square, hopskipjump, ...)")
+        from ..export.onnx_model import OnnxClassifierModule
+
+        run.model = OnnxClassifierModule(onnx_path)
     dataset = run.config["data"]["dataset"]
     ds = load_dataset(dataset, "test", data_dir)
     indices = np.asarray(stratified_subset(ds.y, min(n, len(ds.y)), seed))
@@ -92,11 +104,13 @@ def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=Non
     eot = eot_samples if eot_samples is not None else (DEFAULT_STOCHASTIC_EOT if stochastic else 1)
     results = run_attacks(run.model, x, y, names, budgets, seed=seed, surrogate=surrogate, params=params,
                           eot_samples=eot, batch_size=batch_size, progress=progress,
-                          resume_dir=Path(out if out is not None else run.run_dir) / "robustness_parts")
+                          resume_dir=Path(out if out is not None else run.run_dir) / (
+                              "robustness_parts" if onnx_path is None else "robustness_parts_onnx"),
+                          masking_checks=onnx_path is None)
     results["notes"] += [f"{a} attack skipped: it needs a --surrogate run" for a in skipped]
 
     path = Path(out) if out is not None else Path(run.run_dir)
-    path = path / "robustness.json"
+    path = path / out_name
     meta = {
         "run_dir": str(run.run_dir), "model": _model_name(run.config), "dataset": dataset,
         "dataset_source": getattr(info, "source", None), "data_kind": info.kind,
@@ -104,6 +118,7 @@ def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=Non
         "subset": {"split": "test", "n": len(indices), "seed": seed,
                    "indices_sha1": hashlib.sha1(np.sort(indices).astype(np.int64).tobytes()).hexdigest()[:16]},
         "surrogate_run": str(surrogate_run) if surrogate_run is not None else None,
+        "target": f"exported file {onnx_path}" if onnx_path is not None else "PyTorch model of the run",
         "output": str(path),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"tinyrobust": __version__, "torch": torch.__version__,

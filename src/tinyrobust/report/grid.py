@@ -13,7 +13,7 @@ from ..config import RunConfig, apply_overrides, config_from_dict
 from ..errors import ConfigError
 
 ROLES = ["proposed", "reference", "reference_quantized", "float", "ablation", "variant"]
-TOP_KEYS = {"dataset", "surrogate", "eps", "attacks", "base", "budgets", "models"}
+TOP_KEYS = {"dataset", "surrogate", "eps", "attacks", "onnx_attacks", "base", "budgets", "models"}
 BUDGET_KEYS = {"epochs", "train_subset", "test_subset", "attack_n", "attack_params"}
 MODEL_KEYS = {"key", "label", "role", "config"}
 
@@ -37,6 +37,7 @@ class Grid:
     base: Dict[str, Any]
     budgets: Dict[str, Dict[str, Any]]
     models: List[GridModel] = field(default_factory=list)
+    onnx_attacks: List[str] = field(default_factory=list)  # black-box attacks on the proposed model's ONNX file
 
     def model(self, key: str) -> GridModel:
         for m in self.models:
@@ -141,9 +142,12 @@ def load_grid(path: str | Path) -> Grid:
         models.append(GridModel(m["key"], m.get("label", m["key"]), role, m.get("config") or {}))
     _require(sum(m.role == "proposed" for m in models) == 1, f"{path}: exactly one model must have role: proposed")
     _require(any(m.role == "reference" for m in models), f"{path}: at least one model must have role: reference")
-    _check_attacks(path, atk, budgets)
+    onnx_attacks = list(raw.get("onnx_attacks") or [])
+    _check_attacks(path, {**atk, "black": list(atk.get("black") or []) + onnx_attacks}, budgets)
+    if "transfer" in onnx_attacks:
+        raise ConfigError(f"{path}: onnx_attacks: transfer is not supported on the exported file; use query attacks")
     grid = Grid(path, raw["dataset"], raw.get("surrogate"), [float(e) for e in eps], list(atk.get("white") or []),
-                list(atk.get("black") or []), raw.get("base") or {}, budgets, models)
+                list(atk.get("black") or []), raw.get("base") or {}, budgets, models, onnx_attacks)
     if grid.surrogate:
         grid.model(grid.surrogate)
     for budget in budgets:  # every model's config must validate under every budget

@@ -44,7 +44,9 @@ def collect(grid: Grid, out: Path) -> Dict[str, Any]:
         summary = _load(out / "runs" / m.key / "summary.json")
         attacks = _load(out / "attacks" / m.key / "robustness.json")
         models.append({"key": m.key, "label": m.label, "role": m.role, "config": m.config,
-                       "summary": summary, "attacks": attacks})
+                       "summary": summary, "attacks": attacks,
+                       "onnx_attacks": _load(out / "attacks" / m.key / "robustness_onnx.json"),
+                       "onnx_verify": _load(out / "runs" / m.key / "model.onnx.verify.json")})
     return {"dataset": grid.dataset, "eps": grid.eps, "white": grid.white, "black": grid.black, "models": models}
 
 
@@ -119,6 +121,21 @@ def tables(data: Dict[str, Any]) -> Dict[str, Table]:
         failed = [c for c in mc["checks"] if c["passed"] is False]
         rows.append([m["label"], mc["verdict"], "; ".join(f"{c['check']}: {c['detail']}" for c in failed)])
     t["masking"] = (["model", "verdict", "failed checks"], rows)
+
+    rows = []
+    for m in data["models"]:
+        onnx = m.get("onnx_attacks")
+        if not onnx:
+            continue
+        v = m.get("onnx_verify") or {}
+        for a in onnx.get("attacks", {}):
+            rows.append([m["label"], a, _pct((m["attacks"] or {}).get("clean_accuracy")), _pct(onnx["clean_accuracy"])]
+                        + [f"{_pct(_acc(m['attacks'], a, e))} / {_pct(_acc(onnx, a, e))}" for e in eps])
+        if v:
+            rows.append([m["label"], "export check", "", "",
+                         f"top-1 agreement {_pct(v.get('agreement'))}% on {v.get('n', '?')} test images; "
+                         f"max logit diff {v.get('max_abs_logit_diff', float('nan')):.2g}"] + [""] * (len(eps) - 1))
+    t["onnx"] = (["model", "attack", "clean PyTorch", "clean ONNX"] + [f"eps {e:g}: PyTorch / ONNX" for e in eps], rows)
 
     rows = []
     for h in headline(data):
@@ -280,6 +297,10 @@ def write_report(grid: Grid, budget: str, out: Path) -> Path:
           "## Models", "", md_table(t["models"]), "",
           "## Robust accuracy (%) summary", "", md_table(t["summary"]), "",
           "## Gradient-masking checks", "", md_table(t["masking"]), ""]
+    if t["onnx"][1]:
+        md += ["## Does robustness carry over to the exported file?",
+               "The proposed model exported to ONNX (QCDQ) and attacked black-box through onnxruntime, on the same "
+               "images; robust accuracy (%) of the PyTorch model / of the exported file.", "", md_table(t["onnx"]), ""]
     md += ["## Memory footprint", "", FOOTPRINT_NOTE, "", footprint_md, ""]
     md += ["## Accuracy (%) under each attack", ""]
     for a, tab in attack_sections:
@@ -297,6 +318,10 @@ def write_report(grid: Grid, budget: str, out: Path) -> Path:
     body += ["</ul><h2>Headline: proposed model minus MLCommons Tiny reference</h2>", html_table(t["headline"]),
              "<h2>Models</h2>", html_table(t["models"]), "<h2>Robust accuracy (%) summary</h2>",
              html_table(t["summary"]), "<h2>Gradient-masking checks</h2>", html_table(t["masking"])]
+    if t["onnx"][1]:
+        body += ["<h2>Does robustness carry over to the exported file?</h2>",
+                 "<p>Robust accuracy (%) of the PyTorch model / of the exported ONNX file under black-box attacks.</p>",
+                 html_table(t["onnx"])]
     body += ["<h2>Memory footprint</h2>", f"<p>{html.escape(FOOTPRINT_NOTE)}</p>", html_table(t["footprint"])]
     for name, blob in pngs.items():
         body.append(f'<p><img alt="{name}" src="data:image/png;base64,{base64.b64encode(blob).decode()}"></p>')

@@ -77,7 +77,28 @@ def attack_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], se
             run_dir, names, grid.eps, n=b.get("attack_n", 500), seed=seed, data_dir=data_dir,
             out=out / "attacks" / m.key, surrogate_run=surrogate if "transfer" in names else None,
             params=b.get("attack_params") or None, progress=progress)
+        if m.role == "proposed" and grid.onnx_attacks:
+            results[m.key + "@onnx"] = onnx_attack(grid, b, out, m.key, data_dir, seed, progress)
     return results
+
+
+def onnx_attack(grid: Grid, b: Dict[str, Any], out: Path, key: str, data_dir: Optional[str], seed: int,
+                progress: bool) -> Dict[str, Any]:
+    """Export a model to ONNX (verified against PyTorch) and attack the exported file black-box,
+    so the report can say whether robustness carries over to the artifact a device runs."""
+    from ..attacks.evaluate import attack_run
+    from ..export.onnx_export import export_run
+
+    run_dir = out / "runs" / key
+    onnx = run_dir / "model.onnx"
+    if not (onnx.is_file() and (run_dir / "model.onnx.verify.json").is_file()):
+        _log(f"export {key} to ONNX (verified on the test set)")
+        export_run(run_dir, "onnx", onnx, n=min(1000, b.get("attack_n", 500) * 5), data_dir=data_dir, seed=seed)
+    _log(f"attack the exported {onnx.name} of {key}: {', '.join(grid.onnx_attacks)}")
+    return attack_run(run_dir, grid.onnx_attacks, grid.eps, n=b.get("attack_n", 500), seed=seed, data_dir=data_dir,
+                      out=out / "attacks" / key, progress=progress,
+                      params={k: v for k, v in (b.get("attack_params") or {}).items() if k in grid.onnx_attacks},
+                      onnx_path=onnx, out_name="robustness_onnx.json")
 
 
 def reproduce(dataset: str, budget: str, out: str | Path, *, data_dir: Optional[str] = None,

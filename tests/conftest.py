@@ -81,12 +81,13 @@ def _fake_cifar_session(tmp_path_factory):
 
 @pytest.fixture
 def fake_cifar(_fake_cifar_session, monkeypatch):
-    """A ~200-image learnable fake CIFAR-10 (150 train, 50 test); sets TINYROBUST_DATA and
-    TINYROBUST_CACHE (subprocesses inherit them). Returns the data directory; ``.arrays`` holds
-    the expected arrays."""
+    """A ~200-image learnable fake CIFAR-10 (150 train, 50 test); sets TINYROBUST_DATA,
+    TINYROBUST_CACHE and TINYROBUST_THREADS=1 (subprocesses inherit them). Returns the data
+    directory."""
     data, cache, arrays = _fake_cifar_session
     monkeypatch.setenv("TINYROBUST_DATA", str(data))
     monkeypatch.setenv("TINYROBUST_CACHE", str(cache))
+    monkeypatch.setenv("TINYROBUST_THREADS", "1")  # one core, in-process and in subprocesses
     return data
 
 

@@ -57,6 +57,17 @@ def environment(threads: int, seed: int) -> Dict[str, Any]:
     }
 
 
+def _threads(cfg: RunConfig) -> int:
+    """torch threads: ``$TINYROBUST_THREADS`` overrides the config (e.g. two runs side by side on two
+    cores, one thread each); it changes speed only, not the experiment."""
+    env = os.environ.get("TINYROBUST_THREADS")
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise TinyRobustError(f"TINYROBUST_THREADS must be a positive integer, got {env!r}")
+        return int(env)
+    return cfg.train.threads
+
+
 def lr_at(cfg: RunConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Linear warm-up then cosine decay to zero (or constant), as a pure function of the step."""
     t = cfg.train
@@ -192,12 +203,13 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
         cfg = saved
     atomic_write_text(run_dir / CONFIG_FILE, dump_config(cfg))
 
-    torch.set_num_threads(cfg.train.threads)
+    threads = _threads(cfg)
+    torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     prep = prepare(cfg, data_dir)
     model, info, train_ds = prep.model, prep.info, prep.train_ds
     if not (run_dir / ENV_FILE).is_file():
-        env = environment(cfg.train.threads, cfg.seed)
+        env = environment(threads, cfg.seed)
         env["data_source"] = prep.data_source
         atomic_write_json(run_dir / ENV_FILE, env)
     augment = info.augment if cfg.train.augment is None else cfg.train.augment
@@ -259,9 +271,8 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
             loss = ce if penalty is None else ce + penalty
             if not torch.isfinite(loss):
                 bar.close()
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; the last good checkpoint "
-                    f"(after epoch {epoch}) is kept in {run_dir}. Lower train.lr or jr weights and start again.")
+                raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
+                                       + _kept(epoch, run_dir))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -293,9 +304,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
         }
         bad = _non_finite(model)
         if bad:
-            raise TrainingDiverged(
-                f"{bad} became NaN/inf in epoch {epoch + 1}; the last good checkpoint (after epoch {epoch}) is kept "
-                f"in {run_dir}. Lower train.lr or jr weights and start again.")
+            raise TrainingDiverged(f"{bad} became NaN/inf in epoch {epoch + 1}; " + _kept(epoch, run_dir))
         append_jsonl(run_dir / METRICS_FILE, row)
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                                     "quant_state": quant_runtime_state(model)})
@@ -318,6 +327,12 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
     }
     atomic_write_json(run_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def _kept(epoch: int, run_dir: Path) -> str:
+    where = (f"the last good checkpoint (after epoch {epoch}) is kept in {run_dir}" if epoch > 0
+             else f"no checkpoint was written yet in {run_dir}")
+    return f"{where}. Lower train.lr or jr weights and start again."
 
 
 def _non_finite(model: torch.nn.Module) -> Optional[str]:

@@ -206,7 +206,8 @@ def config_like(draw):
             if sub in SCHEMA_KEYS and draw(st.booleans()):
                 out[key] = section(sub)
             elif sub in ("model.quant.overrides", "jr.layers") and draw(st.booleans()):
-                out[key] = draw(st.dictionaries(st.sampled_from(["block1", "fc", "x.y", ""]), values, max_size=2))
+                keys = st.one_of(st.sampled_from(["block1", "fc", "x.y", ""]), st.text(max_size=4))
+                out[key] = draw(st.dictionaries(keys, values, max_size=2))
             else:
                 out[key] = draw(values)
         if draw(st.integers(0, 9)) == 0:
@@ -217,10 +218,12 @@ def config_like(draw):
 
 
 def _key_paths(d, prefix=""):
+    """Every key path in ``d``, a key written as is or, if unprintable, as its repr()."""
     yield prefix or "config"
     if isinstance(d, dict):
         for k, v in d.items():
-            yield from _key_paths(v, f"{prefix}.{k}" if prefix else str(k))
+            for name in {str(k), repr(k)}:
+                yield from _key_paths(v, f"{prefix}.{name}" if prefix else name)
 
 
 def _check_valid(obj, path=""):

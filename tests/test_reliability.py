@@ -20,7 +20,7 @@ from tinyrobust.io_utils import atomic_write, atomic_write_text, check_writable
 from tinyrobust.models import build_model
 from tinyrobust.runs import load_run
 from tinyrobust.train import loop
-from tinyrobust.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from tinyrobust.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 
 from conftest import tiny_config_dict
 
@@ -65,6 +65,7 @@ def float_run(tmp_path):
 # ---------------------------------------------------------------- untrusted checkpoints
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", ["torch.save", "legacy torch.save", "raw pickle"])
 def test_pickled_code_in_checkpoint_is_refused(tmp_path, writer):
     marker = tmp_path / "PWNED"

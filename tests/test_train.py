@@ -85,8 +85,9 @@ def test_train_eval_and_refuse_to_overwrite(fake_cifar, one_thread, tmp_path, ca
     assert state["epoch"] == 2 and set(state) >= {"model", "optimizer", "epoch"}
     run = load_run(run_dir)
     assert not run.model.training and run.summary == summary
-    x = torch.from_numpy(fake_cifar_arrays(fake_cifar)[0]).permute(0, 3, 1, 2).float() / 255
-    y = torch.from_numpy(fake_cifar_arrays(fake_cifar)[1])
+    x, y = fake_cifar_arrays(fake_cifar)
+    x = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(y)
     assert loop.evaluate_accuracy(run.model, x, y) == summary["test_accuracy"]
 
     # eval prints accuracy, parameters and weight memory
@@ -194,7 +195,51 @@ def test_resume_after_a_crash_is_exact(train_tiny, tmp_path, monkeypatch, case):
     assert a["quant_state"].keys() == b["quant_state"].keys()
 
 
+def test_resume_with_another_thread_count_says_so(train_tiny, tmp_path, monkeypatch, capsys):
+    sections = dict(train={"epochs": 1, "max_batches_per_epoch": 1})
+    real_save = loop.save_checkpoint
+
+    def save_then_crash(path, state):
+        real_save(path, state)
+        raise _Crash
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    with pytest.raises(_Crash):
+        train_tiny(**sections)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    state = load_checkpoint(ckpt)
+    assert state["threads"] == 1
+    real_save(ckpt, {**state, "threads": 3})  # as if written on a machine with 3 threads
+    capsys.readouterr()
+    train_tiny(tmp_path / "run", resume=True, **sections)
+    assert ("note: the checkpoint was written with 3 torch threads, this run uses 1: float sums change order"
+            in capsys.readouterr().err)
+
+
 # ---------------------------------------------------------------- kill -9 at random points
+
+
+# run as `python -c`: `python -m tinyrobust.cli`, except that a checkpoint write stops half-way
+PAUSE_CHECKPOINT_WRITE = """
+import io, os, runpy, time, torch
+real_save = torch.save
+def save(obj, f, *args, **kwargs):
+    if not os.path.basename(str(f)).startswith(".checkpoint.pt."):
+        return real_save(obj, f, *args, **kwargs)
+    buf = io.BytesIO()
+    real_save(obj, buf, *args, **kwargs)
+    data = buf.getvalue()
+    with open(f, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+        fh.flush()
+        os.fsync(fh.fileno())
+        open(os.environ["PAUSE_FLAG"], "w").close()
+        time.sleep(60)
+        fh.write(data[len(data) // 2 :])
+torch.save = save
+runpy.run_module("tinyrobust.cli", run_name="__main__", alter_sys=True)
+"""
 
 
 class Trainer:
@@ -203,14 +248,32 @@ class Trainer:
     def __init__(self, cfg_path: Path, run_dir: Path, log_dir: Path):
         self.cfg_path, self.run_dir, self.log_dir = cfg_path, run_dir, log_dir
         self.launches = 0
+        self.procs: list[subprocess.Popen] = []
 
-    def start(self, resume: bool) -> subprocess.Popen:
+    def start(self, resume: bool, pause_checkpoint_write: Path | None = None) -> subprocess.Popen:
+        """``python -m tinyrobust.cli train ...``; with ``pause_checkpoint_write``, the process first
+        patches torch.save so that its next checkpoint stops half-written (creating that file then)."""
         self.launches += 1
         self.err_path = self.log_dir / f"stderr{self.launches}.txt"
-        argv = [sys.executable, "-m", "tinyrobust.cli", "train", "--config", str(self.cfg_path),
-                "--run-dir", str(self.run_dir), "--quiet"] + (["--resume"] if resume else [])
+        args = ["train", "--config", str(self.cfg_path), "--run-dir", str(self.run_dir), "--quiet"]
+        args += ["--resume"] if resume else []
+        env = os.environ.copy()
+        if pause_checkpoint_write is None:
+            argv = [sys.executable, "-m", "tinyrobust.cli", *args]
+        else:
+            env["PAUSE_FLAG"] = str(pause_checkpoint_write)
+            argv = [sys.executable, "-c", PAUSE_CHECKPOINT_WRITE, *args]
         with open(self.log_dir / f"stdout{self.launches}.txt", "w") as out, open(self.err_path, "w") as err:
-            return subprocess.Popen(argv, stdout=out, stderr=err, env=os.environ.copy())
+            proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        """Kill what a failed test left running (only the processes this object started)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
 
     def stderr(self) -> str:
         return self.err_path.read_text()
@@ -219,12 +282,12 @@ class Trainer:
         p = self.run_dir / "metrics.jsonl"
         return p.read_text().count("\n") if p.exists() else 0
 
-    def wait_for(self, proc: subprocess.Popen, cond, timeout: float = 120.0) -> None:
+    def wait_for(self, proc: subprocess.Popen, cond, timeout: float = 120.0, poll: float = 0.01) -> None:
         t0 = time.monotonic()
         while not cond():
             assert proc.poll() is None, f"trainer exited early ({proc.returncode}): {self.stderr()}"
             assert time.monotonic() - t0 < timeout, "trainer made no progress"
-            time.sleep(0.01)
+            time.sleep(poll)
 
     def kill(self, proc: subprocess.Popen) -> None:
         proc.send_signal(signal.SIGKILL)
@@ -260,6 +323,20 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(fake_cifar, one_thr
     rng = random.Random(1234)
     run_dir = tmp_path / "run"
     t = Trainer(cfg_path, run_dir, tmp_path)
+    try:
+        _kill_and_resume(t, run_dir, rng, epoch_s, tmp_path)
+    finally:
+        t.cleanup()
+
+    assert_same_weights(ref_dir, run_dir)
+    assert deterministic(metrics(run_dir)) == deterministic(metrics(ref_dir))
+    assert json.loads((run_dir / "summary.json").read_text())["test_accuracy"] == \
+        json.loads((ref_dir / "summary.json").read_text())["test_accuracy"]
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # no temp files left
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["name"] == "killed"
+
+
+def _kill_and_resume(t: Trainer, run_dir: Path, rng: random.Random, epoch_s: float, tmp_path: Path) -> None:
     epochs_done = []
 
     # 1. right after the first checkpoint appears (the process is starting epoch 2)
@@ -275,14 +352,17 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(fake_cifar, one_thr
     t.kill(p)
     epochs_done.append(t.check_consistent())
 
-    # 3. just after the next epoch's metrics line is written: while its checkpoint is being written
-    p = t.start(resume=True)
-    t.wait_for(p, lambda: "resuming" in t.stderr())
-    target = t.metric_lines() + 1
-    t.wait_for(p, lambda: t.metric_lines() >= target)
-    time.sleep(rng.uniform(0.0, 0.02))
+    # 3. in the middle of writing a checkpoint: this process writes half of the temp file, then waits
+    flag = tmp_path / "half_written"
+    p = t.start(resume=True, pause_checkpoint_write=flag)
+    t.wait_for(p, flag.exists)
     t.kill(p)
-    epochs_done.append(t.check_consistent())
+    temps = [q for q in run_dir.iterdir() if q.name.startswith(".checkpoint.pt.") and q.name.endswith(".tmp")]
+    assert len(temps) == 1
+    with pytest.raises(Exception):  # it really is half a checkpoint
+        torch.load(temps[0], weights_only=True)
+    epochs_done.append(t.check_consistent())  # ... and checkpoint.pt is the previous, whole one
+    assert epochs_done[-1] == epochs_done[-2]
 
     # 4. mid-epoch, after at least one more epoch was saved
     p = t.start(resume=True)
@@ -298,10 +378,3 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(fake_cifar, one_thr
     p = t.start(resume=True)
     assert p.wait(120) == 0, t.stderr()
     assert f"resuming {run_dir} after epoch {epochs_done[-1]}" in t.stderr()
-
-    assert_same_weights(ref_dir, run_dir)
-    assert deterministic(metrics(run_dir)) == deterministic(metrics(ref_dir))
-    assert json.loads((run_dir / "summary.json").read_text())["test_accuracy"] == \
-        json.loads((ref_dir / "summary.json").read_text())["test_accuracy"]
-    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # no temp files left
-    assert yaml.safe_load((run_dir / "config.yaml").read_text())["name"] == "killed"

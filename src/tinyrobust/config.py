@@ -168,6 +168,11 @@ def _check_scalar(path: str, value: Any, tp: Any, meta: dict) -> Any:
     return value
 
 
+def _key(key: str) -> str:
+    """A key as it goes into a message: as is if printable (``train.epochs``), else repr()'d."""
+    return key if key.isprintable() and len(key) <= 80 else _short(key)
+
+
 def _short(value: Any, limit: int = 80) -> str:
     """repr() cut to ``limit`` characters, so an error stays one readable line."""
     r = repr(value)
@@ -193,7 +198,7 @@ def _parse(path: str, value: Any, tp: Any, meta: dict) -> Any:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ConfigError(f"{path}: keys must be strings, got {_short(k)}")
-            out[k] = _parse(f"{path}.{k}", v, vtp, meta if not dataclasses.is_dataclass(vtp) else {})
+            out[k] = _parse(f"{path}.{_key(k)}", v, vtp, meta if not dataclasses.is_dataclass(vtp) else {})
         return out
     return _check_scalar(path, value, tp, meta)
 
@@ -229,12 +234,12 @@ def apply_overrides(d: Dict[str, Any], overrides: list[str]) -> Dict[str, Any]:
     d = copy.deepcopy(d)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.epochs=5")
+            raise ConfigError(f"--set {_short(item)}: expected key.path=value, e.g. train.epochs=5")
         key, raw = item.split("=", 1)
         try:
             value = _yaml_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: cannot parse value {_short(raw)}: {' '.join(str(exc).split())}") from None
+            raise ConfigError(f"--set {_key(key)}: cannot parse value {_short(raw)}: {' '.join(str(exc).split())}") from None
         node = d
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -242,7 +247,7 @@ def apply_overrides(d: Dict[str, Any], overrides: list[str]) -> Dict[str, Any]:
             if nxt is None:
                 nxt = node[p] = {}
             if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {key}: {p!r} is not a mapping")
+                raise ConfigError(f"--set {_key(key)}: {_short(p)} is not a mapping")
             node = nxt
         node[parts[-1]] = value
     return d

@@ -1,8 +1,9 @@
 """Checkpoints written atomically and read without executing code.
 
-- ``checkpoint.pt``: training state (model, optimizer, epoch); written to a temp file and renamed,
-  so a kill leaves the previous checkpoint intact; read with ``torch.load(weights_only=True)``,
-  which refuses pickled code.
+- ``checkpoint.pt``: training state (model, optimizer, epoch, the Brevitas quantizer state that
+  ``state_dict`` leaves out, torch thread count); written to a temp file and renamed, so a kill
+  leaves the previous checkpoint intact; read with ``torch.load(weights_only=True)``, which
+  refuses pickled code.
 - ``model.safetensors``: final weights, the file other commands read (safetensors holds only tensors).
 """
 

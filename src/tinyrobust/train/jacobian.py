@@ -65,6 +65,21 @@ def capture_blocks(blocks: Dict[str, nn.Module]) -> Iterator[Dict[str, Tuple[tor
             h.remove()
 
 
+def check_jr_layers(model: nn.Module, layers: Dict[str, float] | None) -> Dict[str, nn.Module]:
+    """The model's JR blocks; ConfigError naming the key if ``layers`` (with a lambda > 0) names
+    a block the model does not have. The training loop calls it before any work."""
+    active = [k for k, v in (layers or {}).items() if v > 0]
+    if not active:
+        return {}
+    blocks_all = model.jr_blocks()
+    unknown = [k for k in active if k not in blocks_all]
+    if unknown:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"jr.layers.{unknown[0]}: no such block; blocks are: {', '.join(blocks_all)}")
+    return blocks_all
+
+
 def jacobian_penalty(model: nn.Module, x: torch.Tensor, logits_fn=None, *, weight: float = 0.0,
                      layers: Dict[str, float] | None = None, n_proj: int = 1):
     """Forward ``x`` through ``model`` and return (logits, penalty, parts).
@@ -72,12 +87,7 @@ def jacobian_penalty(model: nn.Module, x: torch.Tensor, logits_fn=None, *, weigh
     penalty = sum_k lambda_k / 2 * mean_batch(estimate_k); ``parts`` maps "network" and each block
     name to its (unweighted) batch-mean estimate, detached, for logging."""
     layers = {k: v for k, v in (layers or {}).items() if v > 0}
-    blocks_all = model.jr_blocks() if layers else {}
-    unknown = [k for k in layers if k not in blocks_all]
-    if unknown:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"jr.layers.{unknown[0]}: no such block; blocks are: {', '.join(blocks_all)}")
+    blocks_all = check_jr_layers(model, layers)
     if (weight > 0 or layers) and not x.requires_grad:
         x = x.detach().requires_grad_(True)
     with capture_blocks({k: blocks_all[k] for k in layers}) as seen:

@@ -1,8 +1,10 @@
 """The training loop: QAT + Jacobian regularization, with atomic per-epoch checkpoints and resume.
 
 Determinism: an epoch's data order, augmentation, JR projections and stochastic rounding are all
-seeded from (seed, epoch), so a run resumed from its last checkpoint follows the same path as one
-that was never interrupted.
+seeded from (seed, epoch), and the checkpoint also holds the Brevitas quantizer state that
+``state_dict`` leaves out (checkpoint.quant_runtime_state), so a run resumed from its last checkpoint
+ends with the same bits as one that was never interrupted, given the same torch thread count
+(tests/test_train.py, docs/guarantees.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ..errors import CheckpointError, ConfigError, RunLocked, TinyRobustError, T
 from ..io_utils import append_jsonl, atomic_write_json, atomic_write_text, check_writable
 from .checkpoint import (load_checkpoint, quant_runtime_state, restore_quant_runtime_state, save_checkpoint,
                          save_weights)
-from .jacobian import jacobian_penalty
+from .jacobian import check_jr_layers, jacobian_penalty
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -59,7 +61,8 @@ def environment(threads: int, seed: int) -> Dict[str, Any]:
 
 def _threads(cfg: RunConfig) -> int:
     """torch threads: ``$TINYROBUST_THREADS`` overrides the config (e.g. two runs side by side on two
-    cores, one thread each); it changes speed only, not the experiment."""
+    cores, one thread each); it changes speed, not the experiment (only the last bits of float sums,
+    so a resume is bit-exact at the same count: the checkpoint records it)."""
     env = os.environ.get("TINYROBUST_THREADS")
     if env:
         if not env.isdigit() or int(env) < 1:
@@ -208,6 +211,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
     torch.manual_seed(cfg.seed)
     prep = prepare(cfg, data_dir)
     model, info, train_ds = prep.model, prep.info, prep.train_ds
+    check_jr_layers(model, cfg.jr.layers)  # fail before any training, not at the first step
     if not (run_dir / ENV_FILE).is_file():
         env = environment(threads, cfg.seed)
         env["data_source"] = prep.data_source
@@ -233,10 +237,15 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
             opt.load_state_dict(state["optimizer"])
             start_epoch = int(state["epoch"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            detail = " ".join(str(exc).split())[:300]
             raise CheckpointError(f"{ckpt_path} does not match this run's model and optimizer "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                                  f"({type(exc).__name__}: {detail})") from None
         _truncate_metrics(run_dir / METRICS_FILE, start_epoch)
         print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
+        if state.get("threads", threads) != threads:
+            print(f"note: the checkpoint was written with {state['threads']} torch threads, this run uses {threads}: "
+                  "float sums change order, so the result will not be bit-identical to an uninterrupted run",
+                  file=sys.stderr)
     else:
         opt = make_optimizer(cfg, model)
         if (run_dir / METRICS_FILE).exists():
@@ -307,7 +316,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
             raise TrainingDiverged(f"{bad} became NaN/inf in epoch {epoch + 1}; " + _kept(epoch, run_dir))
         append_jsonl(run_dir / METRICS_FILE, row)
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                                    "quant_state": quant_runtime_state(model)})
+                                    "quant_state": quant_runtime_state(model), "threads": threads})
         if progress:
             print(f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {row['train_loss']:.3f} "
                   f"train acc {row['train_accuracy']:.3f} test acc {test_acc:.4f} "

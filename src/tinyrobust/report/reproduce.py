@@ -60,6 +60,7 @@ def attack_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], se
     A model whose run is not finished yet is skipped (run the stage again later); the transfer
     attack waits for its surrogate. Finished attacks are reused (``robustness_parts/``)."""
     from ..attacks.evaluate import attack_run
+    from ..train.loop import run_lock
 
     b = grid.budget(budget)
     surrogate = out / "runs" / grid.surrogate if grid.surrogate else None
@@ -73,12 +74,16 @@ def attack_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], se
         names = [a for a in grid.white + grid.black
                  if a != "transfer" or (surrogate_ready and m.key != grid.surrogate)]
         _log(f"attack {i}/{len(grid.models)} {m.key}: {', '.join(names)} on {b.get('attack_n', 500)} images")
-        results[m.key] = attack_run(
-            run_dir, names, grid.eps, n=b.get("attack_n", 500), seed=seed, data_dir=data_dir,
-            out=out / "attacks" / m.key, surrogate_run=surrogate if "transfer" in names else None,
-            params=b.get("attack_params") or None, progress=progress)
-        if m.role == "proposed" and grid.onnx_attacks:
-            results[m.key + "@onnx"] = onnx_attack(grid, b, out, m.key, data_dir, seed, progress)
+        try:
+            with run_lock(out / "attacks" / m.key):
+                results[m.key] = attack_run(
+                    run_dir, names, grid.eps, n=b.get("attack_n", 500), seed=seed, data_dir=data_dir,
+                    out=out / "attacks" / m.key, surrogate_run=surrogate if "transfer" in names else None,
+                    params=b.get("attack_params") or None, progress=progress)
+                if m.role == "proposed" and grid.onnx_attacks:
+                    results[m.key + "@onnx"] = onnx_attack(grid, b, out, m.key, data_dir, seed, progress)
+        except RunLocked as exc:  # another reproduce process is attacking it
+            _log(f"attack {i}/{len(grid.models)} {m.key}: skipped, {exc}")
     return results
 
 

@@ -80,13 +80,13 @@ def _require(cond: bool, msg: str) -> None:
 def _check_attacks(path: Path, atk: Dict[str, Any], budgets: Dict[str, Any]) -> None:
     """Attack names must be registered and in the family they are listed under."""
     from ..attacks import get_attack
-    from ..errors import UnknownNameError
+    from ..errors import AttackError
 
     for family in ("white", "black"):
         for name in atk.get(family) or []:
             try:
                 spec = get_attack(name)
-            except UnknownNameError as exc:
+            except AttackError as exc:
                 raise ConfigError(f"{path}: attacks.{family}: {exc}") from None
             if spec.family != family:
                 raise ConfigError(f"{path}: attacks.{family}: {name!r} is a {spec.family}-box attack")
@@ -95,7 +95,7 @@ def _check_attacks(path: Path, atk: Dict[str, Any], budgets: Dict[str, Any]) -> 
             if name != "masking":
                 try:
                     get_attack(name)
-                except UnknownNameError as exc:
+                except AttackError as exc:
                     raise ConfigError(f"{path}: budgets.{bname}.attack_params: {exc}") from None
 
 

@@ -9,6 +9,7 @@ ends with the same bits as one that was never interrupted, given the same torch 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -181,8 +182,9 @@ def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, data_dir: 
               progress: bool = True) -> Dict[str, Any]:
     """Train ``cfg`` into ``run_dir``; with ``resume`` continue from the last checkpoint."""
     run_dir = Path(run_dir)
-    if not (run_dir / SUMMARY_FILE).is_file() or not resume:
-        check_writable(run_dir)
+    if resume and (run_dir / SUMMARY_FILE).is_file():  # finished: nothing to do
+        return json.loads((run_dir / SUMMARY_FILE).read_text())
+    check_writable(run_dir)
     with run_lock(run_dir):
         return _train_run(cfg, run_dir, resume=resume, data_dir=data_dir, progress=progress)
 
@@ -192,9 +194,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
     from ..data.loader import BatchIterator
 
     ckpt_path = run_dir / CHECKPOINT_FILE
-    if (run_dir / SUMMARY_FILE).is_file() and resume:
-        import json
-
+    if (run_dir / SUMMARY_FILE).is_file() and resume:  # finished while we waited for the lock
         return json.loads((run_dir / SUMMARY_FILE).read_text())
     if not resume and (ckpt_path.exists() or (run_dir / SUMMARY_FILE).exists()):
         raise TinyRobustError(

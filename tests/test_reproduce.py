@@ -1,0 +1,199 @@
+"""reproduce: grid validation, end-to-end train -> attack -> report on the fake CIFAR-10, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tinyrobust.cli import main
+from tinyrobust.errors import ConfigError, TinyRobustError
+from tinyrobust.report.grid import load_grid
+from tinyrobust.report.render import family_mean, headline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_grid(**over) -> dict:
+    grid = {
+        "dataset": "cifar10",
+        "surrogate": "qnn_float",
+        "eps": [2, 8],
+        "attacks": {"white": ["fgsm", "pgd"], "black": ["square", "transfer"]},
+        "onnx_attacks": ["square"],
+        "base": {"seed": 0, "train": {"batch_size": 25, "lr": 0.05, "threads": 1, "augment": False,
+                                      "warmup_epochs": 0.0}},
+        "budgets": {"quick": {"epochs": 2, "attack_n": 12,
+                              "attack_params": {"pgd": {"steps": 3}, "square": {"queries": 30},
+                                                "masking": {"few_steps": 2, "many_steps": 4}}}},
+        "models": [
+            {"key": "qnn_int4_jr", "label": "proposed", "role": "proposed",
+             "config": {"model": {"name": "qnn", "quant": {"weight": "int4", "act": "int4"}},
+                        "jr": {"weight": 0.01}}},
+            {"key": "resnet", "label": "reference", "role": "reference",
+             "config": {"model": {"name": "mlc_resnet8"}}},
+            {"key": "qnn_float", "label": "float", "role": "float", "config": {"model": {"name": "qnn"}}},
+        ],
+    }
+    grid.update(over)
+    return grid
+
+
+def write_grid(folder: Path, grid: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cifar10.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["cifar10", "svhn", "speech_commands"])
+def test_shipped_grids_validate(name):
+    grid = load_grid(REPO / "configs" / "reproduce" / f"{name}.yaml")
+    assert sum(m.role == "proposed" for m in grid.models) == 1
+    for budget in ("quick", "full"):
+        for m in grid.models:
+            assert grid.run_config(m, budget).train.epochs == grid.budgets[budget]["epochs"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"attacks": {"white": ["pgdd"], "black": []}}, "unknown attack 'pgdd'"),
+    ({"attacks": {"white": ["square"], "black": []}}, "'square' is a black-box attack"),
+    ({"eps": [0]}, "eps must be"),
+    ({"typo": 1}, "unknown key 'typo'"),
+    ({"surrogate": "nope"}, "no model with key 'nope'"),
+    ({"onnx_attacks": ["transfer"]}, "transfer is not supported"),
+])
+def test_bad_grids_are_rejected_with_the_key(tmp_path, change, message):
+    folder = write_grid(tmp_path / "g", tiny_grid(**change))
+    with pytest.raises(ConfigError, match=message):
+        load_grid(folder / "cifar10.yaml")
+
+
+def test_bad_model_config_in_grid_names_the_model(tmp_path):
+    grid = tiny_grid()
+    grid["models"][1]["config"]["model"]["quant"] = {"weight": "int9"}
+    folder = write_grid(tmp_path / "g", grid)
+    with pytest.raises(ConfigError, match="model resnet: model.quant.weight: 'int9'"):
+        load_grid(folder / "cifar10.yaml")
+
+
+def test_reproduce_end_to_end_then_resume(fake_cifar, tmp_path, capsys, monkeypatch):
+    folder = write_grid(tmp_path / "grids", tiny_grid())
+    out = tmp_path / "out"
+    args = ["reproduce", "--dataset", "cifar10", "--budget", "quick", "--out", str(out), "--grid-dir", str(folder),
+            "--quiet"]
+    assert main(args) == 0
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+
+    for key in ("qnn_int4_jr", "resnet", "qnn_float"):
+        assert (out / "runs" / key / "model.safetensors").is_file()
+        res = json.loads((out / "attacks" / key / "robustness.json").read_text())
+        assert res["n"] == 12 and set(res["eps"]) == {2.0, 8.0}
+        assert "masking_checks" in res
+    # the surrogate is not attacked with transfer from itself
+    assert "transfer" not in json.loads((out / "attacks" / "qnn_float" / "robustness.json").read_text())["attacks"]
+    assert "transfer" in json.loads((out / "attacks" / "resnet" / "robustness.json").read_text())["attacks"]
+    # every model saw the same images
+    hashes = {json.loads((out / "attacks" / k / "robustness.json").read_text())["meta"]["subset"]["indices_sha1"]
+              for k in ("qnn_int4_jr", "resnet", "qnn_float")}
+    assert len(hashes) == 1
+    # the proposed model's exported file was verified and attacked
+    assert (out / "runs" / "qnn_int4_jr" / "model.onnx.verify.json").is_file()
+    onnx = json.loads((out / "attacks" / "qnn_int4_jr" / "robustness_onnx.json").read_text())
+    assert set(onnx["attacks"]) == {"square"} and "exported file" in onnx["meta"]["target"]
+
+    md = (out / "report.md").read_text()
+    for section in ("## Headline", "## Models", "## Gradient-masking checks", "## Memory footprint",
+                    "## Does robustness carry over", "### pgd", "+8.3", "mlc_dscnn"):
+        assert section in md, section
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
+    assert (out / "accuracy_vs_eps.png").is_file() and (out / "robustness_vs_memory.png").is_file()
+    report = json.loads((out / "report.json").read_text())
+    white = [h for h in report["headline"] if h["family"] == "white"][0]
+    assert white["paper_delta_points"] == 8.3 and white["delta_points"] is not None
+
+    # resume: nothing is trained or attacked again, and the report is the same
+    import tinyrobust.attacks.runner as runner
+    import tinyrobust.train.loop as loop
+
+    def forbidden(*a, **k):
+        raise AssertionError("finished work was redone")
+
+    monkeypatch.setattr(runner, "_generate", forbidden)
+    monkeypatch.setattr(loop, "_train_run", forbidden)
+    before = {k: v for k, v in json.loads((out / "report.json").read_text())["tables"].items() if k != "footprint"}
+    assert main(args) == 0
+    after = {k: v for k, v in json.loads((out / "report.json").read_text())["tables"].items() if k != "footprint"}
+    assert before == after
+
+
+def test_reproduce_resumes_a_killed_attack_stage(fake_cifar, tmp_path, monkeypatch):
+    """A kill during attacks keeps the finished attacks: only the rest is computed again."""
+    folder = write_grid(tmp_path / "grids", tiny_grid(models=tiny_grid()["models"][:2], surrogate=None,
+                                                      attacks={"white": ["fgsm", "pgd"], "black": ["square"]},
+                                                      onnx_attacks=[]))
+    out = tmp_path / "out"
+    args = ["reproduce", "--dataset", "cifar10", "--budget", "quick", "--out", str(out), "--grid-dir", str(folder),
+            "--quiet"]
+    assert main(args[:] + ["--stages", "train"]) == 0
+
+    import tinyrobust.attacks.runner as runner
+
+    real = runner._generate
+    calls = []
+
+    def dies_on_square(spec, *a, **k):
+        if spec.name == "square":
+            raise KeyboardInterrupt  # stands in for a kill in the middle of the attack stage
+        calls.append(spec.name)
+        return real(spec, *a, **k)
+
+    monkeypatch.setattr(runner, "_generate", dies_on_square)
+    assert main(args + ["--stages", "attack"]) == 130
+    assert calls == ["fgsm", "fgsm", "pgd", "pgd"]  # both eps of fgsm and pgd of the first model finished
+    parts = out / "attacks" / "qnn_int4_jr" / "robustness_parts"
+    assert (parts / "fgsm.json").is_file() and (parts / "pgd.json").is_file()
+
+    calls.clear()
+    monkeypatch.setattr(runner, "_generate", lambda spec, *a, **k: (calls.append(spec.name), real(spec, *a, **k))[1])
+    assert main(args) == 0
+    # the first model redoes only square (and the masking probes, which come after it); the second runs all
+    first = calls[: calls.index("square") + 2]
+    assert "fgsm" not in first[:2] and calls.count("fgsm") == 2
+    assert (out / "report.md").is_file()
+
+
+def test_reproduce_bad_input(tmp_path, capsys):
+    assert main(["reproduce", "--dataset", "cifar10", "--budget", "huge", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown budget 'huge'" in capsys.readouterr().err
+    assert main(["reproduce", "--dataset", "cifar10", "--grid-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "no reproduce grid for dataset 'cifar10'" in capsys.readouterr().err
+
+
+def test_reproduce_missing_dataset_names_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TINYROBUST_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("TINYROBUST_CACHE", str(tmp_path / "cache"))
+    import tinyrobust.data.archive as archive
+
+    def offline(*a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(archive.urllib.request, "urlopen", offline)
+    folder = write_grid(tmp_path / "g", tiny_grid())
+    assert main(["reproduce", "--dataset", "cifar10", "--out", str(tmp_path / "o"), "--grid-dir", str(folder),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cifar" in err.lower() and "TINYROBUST_DATA" in err
+
+
+def test_headline_means_over_family():
+    res = {"attacks": {"pgd": {"results": {"2": {"robust_accuracy": 0.5}, "8": {"robust_accuracy": 0.1}}}}}
+    assert family_mean(res, ["pgd", "fgsm"], [2, 8]) == pytest.approx(0.3)
+    data = {"dataset": "cifar10", "eps": [2, 8], "white": ["pgd"], "black": [],
+            "models": [{"key": "p", "role": "proposed", "attacks": res},
+                       {"key": "r", "role": "reference", "attacks": {"attacks": {"pgd": {"results": {
+                           "2": {"robust_accuracy": 0.2}, "8": {"robust_accuracy": 0.0}}}}}}]}
+    white = [h for h in headline(data) if h["family"] == "white"][0]
+    assert white["delta_points"] == pytest.approx(20.0) and white["paper_delta_points"] == 8.3

@@ -103,6 +103,12 @@ def test_reproduce_end_to_end_then_resume(fake_cifar, tmp_path, capsys, monkeypa
     onnx = json.loads((out / "attacks" / "qnn_int4_jr" / "robustness_onnx.json").read_text())
     assert set(onnx["attacks"]) == {"square"} and "exported file" in onnx["meta"]["target"]
 
+    # the exported file gives no gradients: white-box attacks on it are refused with one line
+    run = out / "runs" / "qnn_int4_jr"
+    capsys.readouterr()
+    assert main(["attack", "--run", str(run), "--onnx", str(run / "model.onnx"), "--attacks", "pgd", "--n", "5"]) == 2
+    assert "white-box attacks pgd cannot run on it" in capsys.readouterr().err
+
     md = (out / "report.md").read_text()
     for section in ("## Headline", "## Models", "## Gradient-masking checks", "## Memory footprint",
                     "## Does robustness carry over", "### pgd", "+8.3", "mlc_dscnn"):

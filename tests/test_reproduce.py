@@ -203,3 +203,70 @@ def test_headline_means_over_family():
                            "2": {"robust_accuracy": 0.2}, "8": {"robust_accuracy": 0.0}}}}}}]}
     white = [h for h in headline(data) if h["family"] == "white"][0]
     assert white["delta_points"] == pytest.approx(20.0) and white["paper_delta_points"] == 8.3
+
+
+def _shipped_grid_with_tiny_budget(dataset: str, folder: Path, attack_n: int = 8) -> Path:
+    """The shipped grid of ``dataset`` (same models, attacks and roles) with a seconds-scale budget."""
+    grid = yaml.safe_load((REPO / "configs" / "reproduce" / f"{dataset}.yaml").read_text())
+    grid["base"].setdefault("train", {}).update(threads=1, batch_size=8)
+    grid["budgets"] = {"tiny": {"epochs": 1, "attack_n": attack_n, "attack_params": {
+        "pgd": {"steps": 2}, "autoattack": {"steps": 3}, "cw": {"steps": 3, "binary_search_steps": 1},
+        "square": {"queries": 10}, "hopskipjump": {"max_iter": 1, "max_eval": 10, "init_eval": 5},
+        "boundary": {"max_iter": 2}, "zoo": {"max_iter": 1}, "masking": {"few_steps": 2, "many_steps": 3}}}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{dataset}.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    return folder
+
+
+def test_reproduce_speech_commands_runs_every_attack_in_the_feature_domain(tmp_path, monkeypatch, capsys):
+    from test_speech import make_speech_folder
+
+    speech = make_speech_folder(tmp_path / "data")
+    monkeypatch.setenv("TINYROBUST_DATA", str(speech["root"].parent))
+    monkeypatch.setenv("TINYROBUST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TINYROBUST_THREADS", "1")
+    folder = _shipped_grid_with_tiny_budget("speech_commands", tmp_path / "grids")
+    out = tmp_path / "out"
+    assert main(["reproduce", "--dataset", "speech_commands", "--budget", "tiny", "--out", str(out),
+                 "--grid-dir", str(folder), "--quiet"]) == 0
+    grid = load_grid(folder / "speech_commands.yaml")
+    proposed = next(m.key for m in grid.models if m.role == "proposed")
+    res = json.loads((out / "attacks" / proposed / "robustness.json").read_text())
+    assert set(res["attacks"]) == set(grid.white + grid.black)  # every attack ran on audio
+    assert res["meta"]["data_kind"] == "audio" and "feature domain" in res["meta"]["threat_model"]
+    md = (out / "report.md").read_text()
+    assert "speech_commands" in md and "+79.5" in md and "mlc_dscnn" in md and "feature domain" in md
+
+
+def test_reproduce_svhn_end_to_end(tmp_path, monkeypatch):
+    import numpy as np
+    import scipy.io
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("test", 30)):
+        y = np.arange(n) % 10 + 1  # labels 1..10, 10 means digit 0
+        x = np.zeros((32, 32, 3, n), np.uint8)
+        for i, label in enumerate(y):  # a learnable pattern per class
+            x[:, :, label % 3, i] = 40 + 20 * label
+            x[..., i] += rng.integers(0, 20, (32, 32, 3), dtype=np.uint8)
+        scipy.io.savemat(data / f"{split}_32x32.mat", {"X": x, "y": y.reshape(-1, 1)})
+    monkeypatch.setenv("TINYROBUST_DATA", str(data))
+    monkeypatch.setenv("TINYROBUST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TINYROBUST_THREADS", "1")
+    grid = yaml.safe_load((REPO / "configs" / "reproduce" / "svhn.yaml").read_text())
+    grid["models"] = [m for m in grid["models"] if m["role"] in ("proposed", "reference", "float")]
+    grid["attacks"] = {"white": ["fgsm", "pgd"], "black": ["square", "transfer"]}
+    grid["onnx_attacks"] = []
+    grid["base"]["train"] = {**grid["base"].get("train", {}), "threads": 1, "batch_size": 10}
+    grid["budgets"] = {"tiny": {"epochs": 1, "attack_n": 10, "attack_params": {
+        "pgd": {"steps": 2}, "square": {"queries": 10}, "masking": {"few_steps": 2, "many_steps": 3}}}}
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "svhn.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    out = tmp_path / "out"
+    assert main(["reproduce", "--dataset", "svhn", "--budget", "tiny", "--out", str(out), "--grid-dir",
+                 str(tmp_path / "g"), "--quiet"]) == 0
+    md = (out / "report.md").read_text()
+    assert "svhn" in md and "+6.5" in md and "svhn/train_32x32.mat" not in md  # the source named is the test file
+    assert "test_32x32.mat" in md or "train_32x32.mat" in md

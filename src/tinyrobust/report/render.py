@@ -247,6 +247,8 @@ def _context(grid: Grid, budget: str, out: Path, data: Dict[str, Any]) -> List[s
         f"{', '.join(f'{e:g}' for e in grid.eps)} (/255); robust accuracy counts clean errors as failures",
         f"- stage durations (s): {json.dumps(meta.get('stage_seconds', {}))}",
     ]
+    if attacked:
+        lines.insert(4, f"- threat model: {attacked[0]['attacks']['meta'].get('threat_model', 'n/a')}")
     return lines
 
 

@@ -270,3 +270,19 @@ def test_reproduce_svhn_end_to_end(tmp_path, monkeypatch):
     md = (out / "report.md").read_text()
     assert "svhn" in md and "+6.5" in md and "svhn/train_32x32.mat" not in md  # the source named is the test file
     assert "test_32x32.mat" in md or "train_32x32.mat" in md
+
+
+def test_attack_into_an_unwritable_folder_fails_before_attacking(fake_cifar, tmp_path, capsys, monkeypatch):
+    folder = write_grid(tmp_path / "grids", tiny_grid(models=tiny_grid()["models"][:2], surrogate=None,
+                                                      onnx_attacks=[]))
+    out = tmp_path / "out"
+    assert main(["reproduce", "--dataset", "cifar10", "--budget", "quick", "--out", str(out), "--grid-dir",
+                 str(folder), "--quiet", "--stages", "train"]) == 0
+    import tinyrobust.attacks.runner as runner
+
+    monkeypatch.setattr(runner, "_generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("attacked")))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["attack", "--run", str(out / "runs" / "resnet"), "--attacks", "pgd", "--n", "4",
+                 "--out", str(blocker / "sub")]) == 2
+    assert "is not writable" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import torch
 
 from .. import __version__
 from ..errors import AttackError
-from ..io_utils import atomic_write_json
+from ..io_utils import atomic_write_json, check_writable
 from .masking import PROBE_DEFAULTS
 from .registry import ATTACKS, ORDER, expand_attack_names, get_attack
 from .runner import run_attacks, validate_eps
@@ -75,6 +75,7 @@ def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=Non
     if n <= 0:
         raise AttackError(f"--n must be a positive number of test images; got {n}")
     run = load_run(run_dir)
+    check_writable(Path(out) if out is not None else run.run_dir)  # fail now, not after the attacks
     if onnx_path is not None:
         white = [a for a in names if get_attack(a).family == "white"]
         if white:

@@ -15,6 +15,7 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", default="benchmarks/results/cifar10")
+    ap.add_argument("--note", default="", help="how the runs were made (load, threads), printed under the table")
     a = ap.parse_args()
     root = Path(a.results)
     rows = []
@@ -37,7 +38,7 @@ def main() -> None:
             "data_source": summary.get("data_source"), "env": json.loads(env.read_text()) if env.is_file() else None,
         })
     ref = next((r for r in rows if r["run"] == "mlc_resnet8_float"), None)
-    out = {"command": f"python benchmarks/training_table.py --results {a.results}", "runs": rows}
+    out = {"command": f"python benchmarks/training_table.py --results {a.results}", "note": a.note, "runs": rows}
     (root / "training.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = ["| run | model | weights | acts | JR lambda | epochs | test acc % | weight KB | vs ResNet-8 float KB | train s | img/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -49,9 +50,11 @@ def main() -> None:
                      f"{100 * r['test_accuracy']:.2f} | {r['weight_kb']:.1f} | {frac} | {r['train_seconds']:.0f} | "
                      f"{r['mean_images_per_s']:.0f} |")
     env = rows[0]["env"] if rows else {}
+    if a.note:
+        lines += ["", a.note]
     lines += ["", f"Data: {rows[0]['data_source'] if rows else '-'}; test accuracy on all "
               f"{rows[0]['test_examples'] if rows else '-'} test images.",
-              f"Machine: {env.get('platform')}, {env.get('cpu_count')} CPUs, {env.get('threads')} torch threads, "
+              f"Machine: {env.get('platform')}, {env.get('cpu_count')} CPUs, "
               f"torch {env.get('torch')}, brevitas {env.get('brevitas')}.",
               f"Command: `tinyrobust reproduce --dataset cifar10 --budget full --out {a.results} --stages train` "
               f"then `{out['command']}`."]

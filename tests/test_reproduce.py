@@ -70,6 +70,16 @@ def test_bad_grids_are_rejected_with_the_key(tmp_path, change, message):
         load_grid(folder / "cifar10.yaml")
 
 
+def test_skip_attacks_of_a_budget(tmp_path):
+    grid = tiny_grid()
+    grid["budgets"]["quick"]["skip_attacks"] = ["square"]
+    g = load_grid(write_grid(tmp_path / "ok", grid) / "cifar10.yaml")
+    assert g.attacks_for("quick") == (["fgsm", "pgd"], ["transfer"])
+    grid["budgets"]["quick"]["skip_attacks"] = ["squares"]
+    with pytest.raises(ConfigError, match="skip_attacks: unknown attack 'squares'"):
+        load_grid(write_grid(tmp_path / "bad", grid) / "cifar10.yaml")
+
+
 def test_bad_model_config_in_grid_names_the_model(tmp_path):
     grid = tiny_grid()
     grid["models"][1]["config"]["model"]["quant"] = {"weight": "int9"}

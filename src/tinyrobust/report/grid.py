@@ -14,7 +14,7 @@ from ..errors import ConfigError
 
 ROLES = ["proposed", "reference", "reference_quantized", "float", "ablation", "variant"]
 TOP_KEYS = {"dataset", "surrogate", "eps", "attacks", "onnx_attacks", "base", "budgets", "models"}
-BUDGET_KEYS = {"epochs", "train_subset", "test_subset", "attack_n", "attack_params"}
+BUDGET_KEYS = {"epochs", "train_subset", "test_subset", "attack_n", "attack_params", "skip_attacks"}
 MODEL_KEYS = {"key", "label", "role", "config"}
 
 
@@ -59,6 +59,11 @@ class Grid:
         except ConfigError as exc:
             raise ConfigError(f"{self.path}: model {m.key}: {exc}") from None
 
+    def attacks_for(self, budget: str) -> tuple[List[str], List[str]]:
+        """(white, black) attack names run under ``budget`` (its ``skip_attacks`` removed)."""
+        skip = set(self.budget(budget).get("skip_attacks") or [])
+        return [a for a in self.white if a not in skip], [a for a in self.black if a not in skip]
+
     def budget(self, name: str) -> Dict[str, Any]:
         if name not in self.budgets:
             raise ConfigError(f"unknown budget {name!r}; {self.path} defines: {', '.join(self.budgets)}")
@@ -91,6 +96,11 @@ def _check_attacks(path: Path, atk: Dict[str, Any], budgets: Dict[str, Any]) -> 
             if spec.family != family:
                 raise ConfigError(f"{path}: attacks.{family}: {name!r} is a {spec.family}-box attack")
     for bname, b in budgets.items():
+        for name in b.get("skip_attacks") or []:
+            try:
+                get_attack(name)
+            except AttackError as exc:
+                raise ConfigError(f"{path}: budgets.{bname}.skip_attacks: {exc}") from None
         for name in (b.get("attack_params") or {}):
             if name != "masking":
                 try:

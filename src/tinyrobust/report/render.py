@@ -37,7 +37,7 @@ def _load(path: Path) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def collect(grid: Grid, out: Path) -> Dict[str, Any]:
+def collect(grid: Grid, out: Path, budget: Optional[str] = None) -> Dict[str, Any]:
     """Gather every model's training summary and attack results into one JSON-able dict."""
     models = []
     for m in grid.models:
@@ -47,7 +47,9 @@ def collect(grid: Grid, out: Path) -> Dict[str, Any]:
                        "summary": summary, "attacks": attacks,
                        "onnx_attacks": _load(out / "attacks" / m.key / "robustness_onnx.json"),
                        "onnx_verify": _load(out / "runs" / m.key / "model.onnx.verify.json")})
-    return {"dataset": grid.dataset, "eps": grid.eps, "white": grid.white, "black": grid.black, "models": models}
+    white, black = grid.attacks_for(budget) if budget else (grid.white, grid.black)
+    return {"dataset": grid.dataset, "eps": grid.eps, "white": white, "black": black, "models": models,
+            "skipped_attacks": [a for a in grid.white + grid.black if a not in white + black]}
 
 
 def _acc(res: Dict[str, Any], attack: str, eps: float) -> Optional[float]:
@@ -247,6 +249,8 @@ def _context(grid: Grid, budget: str, out: Path, data: Dict[str, Any]) -> List[s
         f"{', '.join(f'{e:g}' for e in grid.eps)} (/255); robust accuracy counts clean errors as failures",
         f"- stage durations (s): {json.dumps(meta.get('stage_seconds', {}))}",
     ]
+    if data.get("skipped_attacks"):
+        lines.append(f"- not run at this budget (grid `skip_attacks`): {', '.join(data['skipped_attacks'])}")
     if attacked:
         lines.insert(4, f"- threat model: {attacked[0]['attacks']['meta'].get('threat_model', 'n/a')}")
     return lines
@@ -280,7 +284,7 @@ def footprint(grid: Grid, out: Path) -> Table:
 
 def write_report(grid: Grid, budget: str, out: Path) -> Path:
     out = Path(out)
-    data = collect(grid, out)
+    data = collect(grid, out, budget)
     t = tables(data)
     pngs = plots(data)
     for name, blob in pngs.items():

@@ -71,8 +71,8 @@ def attack_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], se
         if not (run_dir / "model.safetensors").is_file():
             _log(f"attack {i}/{len(grid.models)} {m.key}: not trained yet, skipped")
             continue
-        names = [a for a in grid.white + grid.black
-                 if a != "transfer" or (surrogate_ready and m.key != grid.surrogate)]
+        white, black = grid.attacks_for(budget)
+        names = [a for a in white + black if a != "transfer" or (surrogate_ready and m.key != grid.surrogate)]
         _log(f"attack {i}/{len(grid.models)} {m.key}: {', '.join(names)} on {b.get('attack_n', 500)} images")
         try:
             with run_lock(out / "attacks" / m.key):

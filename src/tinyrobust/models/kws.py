@@ -26,41 +26,15 @@ Each block is conv -> BatchNorm -> (quantized) ReLU. Why this shape:
 
 from __future__ import annotations
 
-import torch
-import torch.nn as nn
-
-from ..quant import linear
-from .base import TinyModel, plan_layers
-from .blocks import ConvBNAct
+from .qnn import QNN
 from .registry import MODELS
 
 # (out channels, stride) per block
 KWS_BLOCKS = [(32, 2), (32, 1), (48, 2), (64, 1)]
 
 
-class QNNKWS(TinyModel):
-    def __init__(self, num_classes, input_shape, mean, std, quant):
-        super().__init__(mean, std)
-        names = [f"block{i + 1}" for i in range(len(KWS_BLOCKS))]
-        plan = plan_layers(quant, names + ["fc"])
-        blocks, cin = [], input_shape[0]
-        for name, (cout, stride) in zip(names, KWS_BLOCKS):
-            blocks.append((name, ConvBNAct(cin, cout, 3, stride, plan[name])))
-            cin = cout
-        self.blocks = nn.ModuleDict(blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = linear(cin, num_classes, weight=plan["fc"].weight)
-        self.weight_layers = [f"blocks.{n}.conv" for n in names] + ["fc"]
-        self.plan = dict(zip(self.weight_layers, plan.values()))
-
-    def jr_blocks(self):
-        return dict(self.blocks.items())
-
-    def forward(self, x):
-        x = self.normalize(x)
-        for block in self.blocks.values():
-            x = block(x)
-        return self.fc(torch.flatten(self.pool(x), 1))
+class QNNKWS(QNN):
+    BLOCKS = KWS_BLOCKS
 
 
 @MODELS.register("qnn_kws")

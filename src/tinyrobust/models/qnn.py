@@ -25,12 +25,16 @@ QNN_BLOCKS = [(32, 1), (32, 2), (64, 1), (64, 2), (128, 1)]
 
 
 class QNN(TinyModel):
+    """Plain conv -> BN -> ReLU blocks, global average pool, dense; subclasses change ``BLOCKS``."""
+
+    BLOCKS = QNN_BLOCKS
+
     def __init__(self, num_classes, input_shape, mean, std, quant):
         super().__init__(mean, std)
-        names = [f"block{i + 1}" for i in range(len(QNN_BLOCKS))]
+        names = [f"block{i + 1}" for i in range(len(self.BLOCKS))]
         plan = plan_layers(quant, names + ["fc"])
         blocks, cin = [], input_shape[0]
-        for name, (cout, stride) in zip(names, QNN_BLOCKS):
+        for name, (cout, stride) in zip(names, self.BLOCKS):
             blocks.append((name, ConvBNAct(cin, cout, 3, stride, plan[name])))
             cin = cout
         self.blocks = nn.ModuleDict(blocks)

@@ -178,3 +178,23 @@ class TinyConvNet(nn.Module):
 @pytest.fixture
 def tiny_net():
     return TinyConvNet
+
+
+def run_cli(argv, capsys):
+    """``tinyrobust <argv>`` in-process -> (exit code, stdout, stderr)."""
+    from tinyrobust import cli
+
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, prefix):
+    """Exit code 2 and exactly one stderr line ``<prefix>: error: ...``, no traceback."""
+    assert code == 2, err
+    assert err.startswith(prefix + ": error: "), err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err

@@ -12,23 +12,7 @@ from tinyrobust import cli
 from tinyrobust.config import WEIGHT_QUANTS
 from tinyrobust.models import MODELS
 
-from conftest import tiny_config_dict
-
-
-def run_cli(argv, capsys):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, prefix):
-    assert code == 2, err
-    assert err.startswith(prefix + ": error: "), err
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
+from conftest import assert_one_line_error, run_cli, tiny_config_dict
 
 
 def subcommands() -> list[str]:

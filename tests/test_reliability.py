@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinyrobust import cli
 from tinyrobust.config import config_from_dict, dump_config
 from tinyrobust.errors import CheckpointError, ConfigError, TinyRobustError, TrainingDiverged
 from tinyrobust.io_utils import atomic_write, atomic_write_text, check_writable
@@ -22,7 +21,7 @@ from tinyrobust.runs import load_run
 from tinyrobust.train import loop
 from tinyrobust.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 
-from conftest import tiny_config_dict
+from conftest import assert_one_line_error, run_cli, tiny_config_dict
 
 CIFAR = dict(num_classes=10, input_shape=(3, 32, 32), mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
 
@@ -35,21 +34,6 @@ class Exploit:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
-
-
-def run_cli(argv, capsys):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, cmd):
-    assert code == 2
-    assert err.startswith(f"tinyrobust {cmd}: error: ") and err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
 
 
 @pytest.fixture
@@ -89,7 +73,7 @@ def test_resume_from_a_malicious_checkpoint_fails_cleanly(fake_cifar, one_thread
     atomic_write_text(run_dir / "config.yaml", dump_config(config_from_dict(tiny_config_dict())))
     torch.save({"model": {}, "optimizer": {}, "epoch": Exploit(marker)}, run_dir / "checkpoint.pt")
     code, out, err = run_cli(["train", "--run-dir", run_dir, "--resume", "--quiet"], capsys)
-    assert_one_line_error(code, err, "train")
+    assert_one_line_error(code, err, "tinyrobust train")
     assert "refused to load" in err and str(run_dir / "checkpoint.pt") in err
     assert not marker.exists() and not (run_dir / "model.safetensors").exists()
 
@@ -122,7 +106,7 @@ def test_checkpoint_of_another_model_is_a_checkpoint_error(fake_cifar, one_threa
     other = build_model("mlc_resnet8", **CIFAR)
     save_checkpoint(run_dir / "checkpoint.pt", {"model": other.state_dict(), "optimizer": {}, "epoch": 1})
     code, out, err = run_cli(["train", "--run-dir", run_dir, "--resume", "--quiet"], capsys)
-    assert_one_line_error(code, err, "train")
+    assert_one_line_error(code, err, "tinyrobust train")
     assert f"{run_dir / 'checkpoint.pt'} does not match this run's model and optimizer" in err
 
 
@@ -158,7 +142,7 @@ def test_corrupt_weights_name_the_file(float_run, capsys, damage):
     else:
         assert "corrupt or not a safetensors file" in msg
     code, out, err = run_cli(["eval", "--run", float_run], capsys)
-    assert_one_line_error(code, err, "eval")
+    assert_one_line_error(code, err, "tinyrobust eval")
     assert str(path) in err
     assert not (float_run / "PWNED").exists()
 
@@ -199,7 +183,7 @@ def test_unwritable_run_dir_fails_before_training(fake_cifar, tmp_path, capsys, 
     assert str(err.value).startswith(f"output folder {blocker / 'run'} is not writable")
     assert "--run-dir" in str(err.value)
     code, out, err = run_cli(["train", "--config", write_config(cfg), "--run-dir", blocker / "run"], capsys)
-    assert_one_line_error(code, err, "train")
+    assert_one_line_error(code, err, "tinyrobust train")
     assert "is not writable" in err
 
 
@@ -310,6 +294,6 @@ def test_absurd_settings_diverge_with_one_clear_line(fake_cifar, one_thread, tmp
     cfg = write_config(tiny_config_dict(train={"lr": 10.0, "max_batches_per_epoch": 3}, jr={"weight": 1e6},
                                         model={"name": "qnn", "quant": {"weight": "float", "act": "float"}}))
     code, out, err = run_cli(["train", "--config", cfg, "--run-dir", tmp_path / "r", "--quiet"], capsys)
-    assert_one_line_error(code, err, "train")
+    assert_one_line_error(code, err, "tinyrobust train")
     assert "loss became nan at epoch 1" in err and "no checkpoint was written yet" in err
     assert not (tmp_path / "r" / "checkpoint.pt").exists()

@@ -17,28 +17,17 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tinyrobust import cli
 from tinyrobust.config import config_from_dict, load_config
 from tinyrobust.runs import load_run
 from tinyrobust.train import loop
 from tinyrobust.train.checkpoint import load_checkpoint
 
-from conftest import tiny_config_dict
+from conftest import run_cli, tiny_config_dict
 
 RUN_FILES = {"config.yaml", "env.json", "metrics.jsonl", "checkpoint.pt", "model.safetensors", "summary.json"}
 # metric fields that are a pure function of (config, seed); the rest are timings
 DETERMINISTIC = ("epoch", "train_loss", "train_ce", "train_jr_penalty", "jr_estimates", "train_accuracy",
                  "test_accuracy", "lr_end")
-
-
-def run_cli(argv, capsys):
-    """``tinyrobust <argv>`` in-process -> (exit code, stdout, stderr)."""
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import __version__
-from ..config import RunConfig, config_from_dict, dump_config, load_config
+from ..config import RunConfig, dump_config, load_config
 from ..errors import CheckpointError, ConfigError, RunLocked, TinyRobustError, TrainingDiverged
 from ..io_utils import append_jsonl, atomic_write_json, atomic_write_text, check_writable
 from .checkpoint import (load_checkpoint, quant_runtime_state, restore_quant_runtime_state, save_checkpoint,
@@ -363,8 +362,6 @@ def _truncate_metrics(path: Path, upto_epoch: int) -> None:
     """Drop metric lines of epochs after the checkpoint (written before a kill, then redone)."""
     if not path.is_file():
         return
-    import json
-
     keep = []
     for line in path.read_text().splitlines():
         try:

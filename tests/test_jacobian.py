@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -10,7 +12,8 @@ import torch.nn.functional as F
 from tinyrobust.config import QuantConfig
 from tinyrobust.errors import ConfigError
 from tinyrobust.models import build_model
-from tinyrobust.train.jacobian import exact_frobenius, frobenius_estimate, jacobian_penalty
+from tinyrobust.train.jacobian import (exact_frobenius, frobenius_estimate, frozen_statistics, jacobian_penalty,
+                                      sub_batch_size, training_forward)
 
 CIFAR = dict(num_classes=10, input_shape=(3, 32, 32), mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
 
@@ -140,3 +143,87 @@ def test_jr_lowers_the_jacobian_norm(tiny_net, weight, act):
     norm_jr, acc_jr = _train(tiny_net, weight, act, 0.3)
     assert acc_plain >= 0.9 and acc_jr >= 0.9  # both learn the task: JR did not just kill the net
     assert norm_jr < 0.2 * norm_plain, (norm_jr, norm_plain)
+
+
+def _stats_state(model):
+    """Every running statistic of a model: buffers (BatchNorm, Brevitas stats) and Brevitas' counters."""
+    bufs = {k: v.clone() for k, v in model.named_buffers()}
+    counters = {k: m.counter for k, m in model.named_modules() if hasattr(m, "counter")}
+    return bufs, counters
+
+
+def _same_stats(a, b):
+    return a[1] == b[1] and a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+
+
+def test_sub_batch_size():
+    assert sub_batch_size(128, 0.25) == 32 and sub_batch_size(128, 1.0) == 128
+    assert sub_batch_size(5, 0.01) == 2 and sub_batch_size(1, 0.5) == 1
+
+
+@pytest.mark.parametrize("weight, act", [("float", "float"), ("int4", "int4")])
+def test_frozen_statistics_leaves_running_stats_alone(weight, act):
+    """A training-mode pass inside ``frozen_statistics`` moves no BatchNorm buffer and no Brevitas
+    activation statistic or counter (also in the statistics-collection phase); outside it they move."""
+    q = QuantConfig(weight=weight, act=act, first_weight="int8", last_weight="int8")
+    m = build_model("qnn", **CIFAR, quant=q).train()
+    m(torch.rand(4, 3, 32, 32))  # past the first step: buffers hold something
+    before = _stats_state(m)
+    with frozen_statistics(m):
+        out = m(torch.rand(4, 3, 32, 32) * 3)
+    assert out.shape == (4, 10)
+    assert _same_stats(before, _stats_state(m))
+    assert all(b.track_running_stats for b in m.modules() if isinstance(b, nn.BatchNorm2d))
+    m(torch.rand(4, 3, 32, 32) * 3)  # a normal pass does update them (the check above can fail)
+    assert not _same_stats(before, _stats_state(m))
+
+
+def test_training_forward_sub_batch():
+    """batch_fraction < 1: logits of the whole batch from a pass that trains the statistics as a plain
+    pass would; the penalty is the one of the first samples, computed without moving statistics."""
+    q = QuantConfig(weight="int4", act="int4", first_weight="int8", last_weight="int8")
+    torch.manual_seed(1)
+    a = build_model("qnn", **CIFAR, quant=q).train()
+    b = copy.deepcopy(a)
+    x = torch.rand(8, 3, 32, 32)
+    torch.manual_seed(3)
+    logits, pen, parts = training_forward(a, x, weight=0.02, n_proj=1, batch_fraction=0.25)
+    ref_logits = b(x)
+    assert torch.allclose(logits, ref_logits, atol=1e-6)
+    assert _same_stats(_stats_state(a), _stats_state(b))  # the side pass left no trace
+    # the penalty: same projections on the first 2 samples
+    torch.manual_seed(3)
+    with frozen_statistics(b):
+        _, ref_pen, ref_parts = jacobian_penalty(b, x[:2], weight=0.02, n_proj=1)
+    assert torch.isclose(pen, ref_pen, rtol=1e-4) and parts["network"] == pytest.approx(ref_parts["network"], rel=1e-4)
+    (F.cross_entropy(logits, torch.arange(8) % 10) + pen).backward()
+    assert a.fc.weight.grad is not None and torch.isfinite(a.fc.weight.grad).all()
+    # no JR: a plain forward; full fraction: the shared pass of ``jacobian_penalty``
+    logits0, pen0, parts0 = training_forward(a, x, batch_fraction=0.25)
+    assert pen0 is None and parts0 == {}
+    torch.manual_seed(4)
+    full = training_forward(a, x, weight=0.02, batch_fraction=1.0)
+    assert full[1] is not None and full[0].shape == (8, 10)
+
+
+def test_sub_batch_jr_lowers_the_jacobian_norm(tiny_net):
+    """Trained with the penalty on a quarter of each batch, JR still does its job."""
+    torch.manual_seed(0)
+    norms = {}
+    for lam in (0.0, 0.3):
+        torch.manual_seed(0)
+        net = tiny_net("float", "float")
+        x, y = _quadrant_data(256, 0)
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        for i in range(40):
+            idx = torch.arange(32) + 32 * (i % 8)
+            logits, pen, _ = training_forward(net, x[idx], weight=lam, batch_fraction=0.25)
+            loss = F.cross_entropy(logits, y[idx]) + (pen if pen is not None else 0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        net.eval()
+        xt, yt = _quadrant_data(64, 1)
+        assert (net(xt).argmax(1) == yt).float().mean() >= 0.9
+        norms[lam] = exact_frobenius(net, xt[:8]).mean().item()
+    assert norms[0.3] < 0.2 * norms[0.0], norms

@@ -144,6 +144,16 @@ def test_reproduce_end_to_end_then_resume(fake_cifar, tmp_path, capsys, monkeypa
     after = {k: v for k, v in json.loads((out / "report.json").read_text())["tables"].items() if k != "footprint"}
     assert before == after
 
+    # the grid changed after training: the old runs are not reused under the new settings
+    grid = tiny_grid()
+    grid["budgets"]["quick"]["epochs"] = 3
+    write_grid(folder, grid)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "was trained with another config than the grid's model 'qnn_int4_jr'" in err
+    assert "train.epochs: 2 -> 3" in err and "remove that folder to train it again" in err
+
 
 def test_reproduce_resumes_a_killed_attack_stage(fake_cifar, tmp_path, monkeypatch):
     """A kill during attacks keeps the finished attacks: only the rest is computed again."""

@@ -90,6 +90,9 @@ class JRConfig:
     weight: float = field(default=0.0, metadata=_meta(lo=0.0, hi=1e6, doc="lambda for the input->logits Jacobian"))
     n_proj: int = field(default=1, metadata=_meta(lo=1, hi=1000, doc="random projections per step"))
     layers: Dict[str, float] = field(default_factory=dict, metadata=_meta(lo=0.0, hi=1e6, doc="block name -> lambda"))
+    batch_fraction: float = field(default=1.0, metadata=_meta(
+        lo=0.01, hi=1.0, doc="share of each batch the penalty is estimated on (1.0: all of it, as Hoffman et al.; "
+                            "0.25: a quarter, in its own forward pass, about half the extra cost)"))
 
 
 @dataclass

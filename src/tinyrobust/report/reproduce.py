@@ -35,10 +35,40 @@ def _log(msg: str) -> None:
     print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def config_drift(saved: Dict[str, Any], wanted: Dict[str, Any], prefix: str = "") -> List[str]:
+    """``key: saved -> wanted`` for every setting where two config dicts differ."""
+    diffs = []
+    for k in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(k), wanted.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_drift(a, b, f"{prefix}{k}.")
+        elif a != b:
+            diffs.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return diffs
+
+
+def check_run_matches(run_dir: Path, cfg, key: str) -> None:
+    """A run folder already there must hold the grid's current config: reusing a run trained with
+    other settings (say 5 epochs after the grid moved to 20) would put its numbers under the wrong
+    label. Error naming what differs and how to go on."""
+    from ..config import config_to_dict, load_config
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    diffs = config_drift(config_to_dict(load_config(path)), config_to_dict(cfg))
+    if diffs:
+        shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        raise TinyRobustError(f"{run_dir} was trained with another config than the grid's model {key!r} "
+                              f"({shown}); remove that folder to train it again, or choose another --out")
+
+
 def train_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], progress: bool) -> Dict[str, Any]:
     from ..train import train_run
 
     summaries = {}
+    for m in grid.models:  # before any training: a stale run found late would waste the hours before it
+        check_run_matches(out / "runs" / m.key, grid.run_config(m, budget), m.key)
     for i, m in enumerate(grid.models, 1):
         run_dir = out / "runs" / m.key
         cfg = grid.run_config(m, budget)

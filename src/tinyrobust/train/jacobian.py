@@ -5,6 +5,12 @@ output space (dimension D), E[D * ||v^T J||^2] = ||J||_F^2, and v^T J is one vec
 product. Training back-propagates through that product (double backward), so the penalty costs
 about one extra backward pass per projection.
 
+Sub-batch estimate (``batch_fraction`` < 1, our choice for speed): the penalty is the batch mean
+of a per-sample estimate, so its mean over a random share of the (shuffled) batch is an unbiased
+estimate of the same quantity, with more variance, as one projection already is. It runs in its own
+forward pass on that share, which must not move running statistics (``frozen_statistics``); the
+double backward, which dominates the cost, then scales with the share instead of the batch.
+
 "Per layer" (Ayaz et al.): the same estimator is applied to chosen blocks, the Jacobian of a
 block's output with respect to its own input, each with its own lambda. For a block the estimate
 is divided by the block's output dimension (the mean squared row norm), so one lambda scale works
@@ -65,6 +71,37 @@ def capture_blocks(blocks: Dict[str, nn.Module]) -> Iterator[Dict[str, Tuple[tor
             h.remove()
 
 
+def sub_batch_size(batch: int, fraction: float) -> int:
+    """Samples the penalty is estimated on: ``fraction`` of the batch, at least 2 (BatchNorm in
+    training needs two) and at most the batch."""
+    return min(batch, max(2, int(round(batch * fraction))))
+
+
+@contextmanager
+def frozen_statistics(model: nn.Module) -> Iterator[None]:
+    """Training-mode forward passes inside leave every running statistic as it was.
+
+    BatchNorm normalises with the pass's own batch statistics but does not update its running mean,
+    variance or counter; Brevitas' activation scales, in their statistics-collection phase, use the
+    pass's statistics without adding them to the buffer or advancing the counter (Brevitas'
+    ``local_loss_mode``). For the penalty's side pass, so that the main pass alone trains them."""
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    stats = [m for m in model.modules() if hasattr(m, "local_loss_mode")]
+    old_modes = [m.local_loss_mode for m in stats]
+    try:
+        for m in bns:
+            m.track_running_stats = False
+        for m in stats:
+            m.local_loss_mode = True
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+        for m, mode in zip(stats, old_modes):
+            m.local_loss_mode = mode
+
+
 def check_jr_layers(model: nn.Module, layers: Dict[str, float] | None) -> Dict[str, nn.Module]:
     """The model's JR blocks; ConfigError naming the key if ``layers`` (with a lambda > 0) names
     a block the model does not have. The training loop calls it before any work."""
@@ -105,4 +142,24 @@ def jacobian_penalty(model: nn.Module, x: torch.Tensor, logits_fn=None, *, weigh
         est = frobenius_estimate(out, inp, n_proj).mean() / out[0].numel()
         penalty = penalty + lam / 2 * est
         parts[name] = float(est.detach())
+    return logits, penalty, parts
+
+
+def training_forward(model: nn.Module, x: torch.Tensor, *, weight: float = 0.0,
+                     layers: Dict[str, float] | None = None, n_proj: int = 1, batch_fraction: float = 1.0):
+    """(logits, penalty or None, parts) for one training step.
+
+    With ``batch_fraction`` 1 the penalty shares the batch's forward pass (Hoffman et al.); below 1
+    the batch goes through once without a graph to its input, and the penalty is estimated on its
+    first ``sub_batch_size`` samples (the batch is shuffled) in a side pass under
+    ``frozen_statistics``."""
+    active = weight > 0 or any(v > 0 for v in (layers or {}).values())
+    if not active:
+        return model(x), None, {}
+    if batch_fraction >= 1.0:
+        return jacobian_penalty(model, x, weight=weight, layers=layers, n_proj=n_proj)
+    logits = model(x)
+    k = sub_batch_size(x.shape[0], batch_fraction)
+    with frozen_statistics(model):
+        _, penalty, parts = jacobian_penalty(model, x[:k], weight=weight, layers=layers, n_proj=n_proj)
     return logits, penalty, parts

@@ -31,7 +31,7 @@ from ..errors import CheckpointError, ConfigError, RunLocked, TinyRobustError, T
 from ..io_utils import append_jsonl, atomic_write_json, atomic_write_text, check_writable
 from .checkpoint import (load_checkpoint, quant_runtime_state, restore_quant_runtime_state, save_checkpoint,
                          save_weights)
-from .jacobian import check_jr_layers, jacobian_penalty
+from .jacobian import check_jr_layers, training_forward
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -251,7 +251,6 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
             (run_dir / METRICS_FILE).unlink()
 
     total_steps = steps_per_epoch * cfg.train.epochs
-    use_jr = cfg.jr.weight > 0 or any(v > 0 for v in cfg.jr.layers.values())
     t_start = time.time()
     for epoch in range(start_epoch, cfg.train.epochs):
         epoch_seed = cfg.seed * 100003 + epoch
@@ -270,11 +269,8 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, total_steps, steps_per_epoch)
-            if use_jr:
-                logits, penalty, parts = jacobian_penalty(model, x, weight=cfg.jr.weight, layers=cfg.jr.layers,
-                                                          n_proj=cfg.jr.n_proj)
-            else:
-                logits, penalty, parts = model(x), None, {}
+            logits, penalty, parts = training_forward(model, x, weight=cfg.jr.weight, layers=cfg.jr.layers,
+                                                      n_proj=cfg.jr.n_proj, batch_fraction=cfg.jr.batch_fraction)
             ce = F.cross_entropy(logits, y, label_smoothing=cfg.train.label_smoothing)
             loss = ce if penalty is None else ce + penalty
             if not torch.isfinite(loss):

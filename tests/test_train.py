@@ -146,6 +146,8 @@ EXACT_CASES = {
     # runtime-statistics activation scales (Brevitas keeps their step counter outside the state dict)
     # and whole-network JR (random projections)
     "int4_act_jr": dict(jr={"weight": 0.05}),
+    # the penalty on half of each batch, in a side pass that must not touch the statistics
+    "int4_act_jr_half_batch": dict(jr={"weight": 0.05, "batch_fraction": 0.5}),
     # learned ternary scales (re-created by Brevitas on load), stochastic rounding, augmentation,
     # Adam, warm-up and a per-block JR term
     "stochastic_ternary_adam": dict(

@@ -198,6 +198,25 @@ def test_reproduce_bad_input(tmp_path, capsys):
     assert "no reproduce grid for dataset 'cifar10'" in capsys.readouterr().err
 
 
+def test_reproduce_models_option_picks_and_orders(tmp_path, capsys, monkeypatch):
+    """``--models b,a`` trains only those grid models, in that order (two processes can share the grid
+    between them); an unknown key is one error line listing the grid's keys."""
+    import tinyrobust.train as train
+
+    folder = write_grid(tmp_path / "grids", tiny_grid())
+    trained = []
+    monkeypatch.setattr(train, "train_run", lambda cfg, run_dir, **k: trained.append((cfg.name, run_dir.name)) or {})
+    base = ["reproduce", "--dataset", "cifar10", "--out", str(tmp_path / "o"), "--grid-dir", str(folder),
+            "--stages", "train", "--quiet"]
+    assert main(base + ["--models", "qnn_float,resnet"]) == 0
+    assert trained == [("qnn_float", "qnn_float"), ("resnet", "resnet")]
+    capsys.readouterr()
+    code = main(base + ["--models", "resnet,resnet9"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "no model with key 'resnet9'; keys: qnn_int4_jr, resnet, qnn_float" in err
+
+
 def test_reproduce_missing_dataset_names_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TINYROBUST_DATA", str(tmp_path / "empty"))
     monkeypatch.setenv("TINYROBUST_CACHE", str(tmp_path / "cache"))

@@ -18,6 +18,8 @@ def add_parser(sub) -> str:
     p.add_argument("--stages", default="train,attack,report",
                    help="comma list of stages to run: train, attack, report (default all)")
     p.add_argument("--grid-dir", help="folder of grid files (default configs/reproduce)")
+    p.add_argument("--models", help="comma list of grid model keys to train/attack, in this order (default: all, "
+                                    "in grid order); e.g. two processes on two cores, each with its share")
     p.add_argument("--seed", type=int, default=0, help="seed of the attack subset and attacks")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return "reproduce"
@@ -29,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"results/{args.dataset}-{args.budget}"
     path = reproduce(args.dataset, args.budget, out, data_dir=args.data_dir,
                      stages=[s.strip() for s in args.stages.split(",") if s.strip()], seed=args.seed,
-                     progress=not args.quiet, configs_dir=args.grid_dir)
+                     progress=not args.quiet, configs_dir=args.grid_dir,
+                     models=[m.strip() for m in args.models.split(",") if m.strip()] if args.models else None)
     print(f"report: {path}" if path.name == "report.md" else f"results in {path}")
     return 0

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import RunLocked, TinyRobustError
 from ..io_utils import atomic_write_json, check_writable
-from .grid import Grid, load_grid
+from .grid import Grid, GridModel, load_grid
 
 STAGES = ("train", "attack", "report")
 
@@ -63,28 +63,37 @@ def check_run_matches(run_dir: Path, cfg, key: str) -> None:
                               f"({shown}); remove that folder to train it again, or choose another --out")
 
 
-def train_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], progress: bool) -> Dict[str, Any]:
+def select_models(grid: Grid, keys: Optional[List[str]]) -> List[GridModel]:
+    """The grid's models named by ``keys``, in that order (all, in grid order, when None)."""
+    if not keys:
+        return list(grid.models)
+    return [grid.model(k) for k in dict.fromkeys(keys)]  # unknown key: ConfigError listing the keys
+
+
+def train_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], progress: bool,
+                models: Optional[List[GridModel]] = None) -> Dict[str, Any]:
     from ..train import train_run
 
+    models = grid.models if models is None else models
     summaries = {}
-    for m in grid.models:  # before any training: a stale run found late would waste the hours before it
+    for m in models:  # before any training: a stale run found late would waste the hours before it
         check_run_matches(out / "runs" / m.key, grid.run_config(m, budget), m.key)
-    for i, m in enumerate(grid.models, 1):
+    for i, m in enumerate(models, 1):
         run_dir = out / "runs" / m.key
         cfg = grid.run_config(m, budget)
         if (run_dir / "summary.json").is_file():
-            _log(f"train {i}/{len(grid.models)} {m.key}: finished run reused")
+            _log(f"train {i}/{len(models)} {m.key}: finished run reused")
         else:
-            _log(f"train {i}/{len(grid.models)} {m.key}: training ({cfg.train.epochs} epochs)")
+            _log(f"train {i}/{len(models)} {m.key}: training ({cfg.train.epochs} epochs)")
         try:
             summaries[m.key] = train_run(cfg, run_dir, resume=True, data_dir=data_dir, progress=progress)
         except RunLocked as exc:  # another reproduce process is training it: move on
-            _log(f"train {i}/{len(grid.models)} {m.key}: skipped, {exc}")
+            _log(f"train {i}/{len(models)} {m.key}: skipped, {exc}")
     return summaries
 
 
 def attack_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], seed: int,
-                 progress: bool = True) -> Dict[str, Any]:
+                 progress: bool = True, models: Optional[List[GridModel]] = None) -> Dict[str, Any]:
     """Attack every trained model with every attack of the grid, on the same seeded test images.
 
     A model whose run is not finished yet is skipped (run the stage again later); the transfer
@@ -96,14 +105,15 @@ def attack_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], se
     surrogate = out / "runs" / grid.surrogate if grid.surrogate else None
     surrogate_ready = surrogate is not None and (surrogate / "model.safetensors").is_file()
     results = {}
-    for i, m in enumerate(grid.models, 1):
+    models = grid.models if models is None else models
+    for i, m in enumerate(models, 1):
         run_dir = out / "runs" / m.key
         if not (run_dir / "model.safetensors").is_file():
-            _log(f"attack {i}/{len(grid.models)} {m.key}: not trained yet, skipped")
+            _log(f"attack {i}/{len(models)} {m.key}: not trained yet, skipped")
             continue
         white, black = grid.attacks_for(budget)
         names = [a for a in white + black if a != "transfer" or (surrogate_ready and m.key != grid.surrogate)]
-        _log(f"attack {i}/{len(grid.models)} {m.key}: {', '.join(names)} on {b.get('attack_n', 500)} images")
+        _log(f"attack {i}/{len(models)} {m.key}: {', '.join(names)} on {b.get('attack_n', 500)} images")
         try:
             with run_lock(out / "attacks" / m.key):
                 results[m.key] = attack_run(
@@ -113,7 +123,7 @@ def attack_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], se
                 if m.role == "proposed" and grid.onnx_attacks:
                     results[m.key + "@onnx"] = onnx_attack(grid, b, out, m.key, data_dir, seed, progress)
         except RunLocked as exc:  # another reproduce process is attacking it
-            _log(f"attack {i}/{len(grid.models)} {m.key}: skipped, {exc}")
+            _log(f"attack {i}/{len(models)} {m.key}: skipped, {exc}")
     return results
 
 
@@ -138,9 +148,10 @@ def onnx_attack(grid: Grid, b: Dict[str, Any], out: Path, key: str, data_dir: Op
 
 def reproduce(dataset: str, budget: str, out: str | Path, *, data_dir: Optional[str] = None,
               stages: List[str] | None = None, seed: int = 0, progress: bool = True,
-              configs_dir: Optional[str | Path] = None) -> Path:
+              configs_dir: Optional[str | Path] = None, models: Optional[List[str]] = None) -> Path:
     grid = load_grid(grid_path(dataset, configs_dir))
     grid.budget(budget)
+    chosen = select_models(grid, models)
     out = Path(out)
     check_writable(out)
     stages = stages or list(STAGES)
@@ -155,9 +166,9 @@ def reproduce(dataset: str, budget: str, out: str | Path, *, data_dir: Optional[
                  "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                              "cpu_count": os.cpu_count()}})
     if "train" in stages:
-        train_stage(grid, budget, out, data_dir, progress)
+        train_stage(grid, budget, out, data_dir, progress, chosen)
     if "attack" in stages:
-        attack_stage(grid, budget, out, data_dir, seed, progress)
+        attack_stage(grid, budget, out, data_dir, seed, progress, chosen)
     meta.setdefault("stage_seconds", {})
     meta["stage_seconds"]["+".join(stages) + "@" + time.strftime("%Y-%m-%dT%H:%M:%S")] = round(time.time() - t0, 1)
     atomic_write_json(meta_path, meta)

@@ -1,5 +1,5 @@
 # Two entry points: `make demo` (set up + run the quick reproduce end to end) and `make test`.
-# Both create .venv and install pinned dependencies (CPU PyTorch via constraints.txt) when needed.
+# Both create .venv and install the package with its extras, CPU PyTorch pinned by constraints.txt.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,15 +8,17 @@ STAMP  := $(VENV)/.installed
 SHARED := $(abspath ../shared/datasets)
 export TINYROBUST_DATA ?= $(if $(wildcard $(SHARED)),$(SHARED),$(HOME)/.cache/tinyrobust/data)
 
-.PHONY: setup demo test full clean-venv
+.PHONY: setup demo test test-fast lint full clean-venv
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+# constraints.txt keeps pip on the CPU build of torch; torchattacks (AutoAttack's FAB-T) goes in with
+# --no-deps because it declares torchvision (which would pull another torch) and an old requests.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
-	$(PY) -m pip install -q -c constraints.txt --no-deps -e .
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,export]"
+	$(PY) -m pip install -q -c constraints.txt --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,6 +26,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 full: $(STAMP)
 	$(VENV)/bin/tinyrobust reproduce --dataset cifar10 --budget full --out benchmarks/results/cifar10

@@ -27,8 +27,16 @@ N_TEST = 50  # -> 200 images in all
 # one distinct, saturated colour per class (RGB, 0..255)
 CLASS_COLOURS = np.array(
     [
-        [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255],
-        [0, 255, 255], [255, 128, 0], [128, 0, 255], [0, 0, 0], [255, 255, 255],
+        [255, 0, 0],
+        [0, 255, 0],
+        [0, 0, 255],
+        [255, 255, 0],
+        [255, 0, 255],
+        [0, 255, 255],
+        [255, 128, 0],
+        [128, 0, 255],
+        [0, 0, 0],
+        [255, 255, 255],
     ],
     dtype=np.float32,
 )
@@ -107,10 +115,11 @@ def tiny_config_dict(**sections: Any) -> Dict[str, Any]:
         "name": "tiny",
         "seed": 0,
         "data": {"dataset": "cifar10"},
-        "model": {"name": "qnn", "quant": {"weight": "int4", "act": "int4", "first_weight": "int8",
-                                            "last_weight": "int8"}},
-        "train": {"epochs": 2, "batch_size": 25, "lr": 0.05, "warmup_epochs": 0.0, "threads": 1,
-                  "augment": False},
+        "model": {
+            "name": "qnn",
+            "quant": {"weight": "int4", "act": "int4", "first_weight": "int8", "last_weight": "int8"},
+        },
+        "train": {"epochs": 2, "batch_size": 25, "lr": 0.05, "warmup_epochs": 0.0, "threads": 1, "augment": False},
         "jr": {"weight": 0.0},
     }
     for key, val in sections.items():
@@ -198,3 +207,144 @@ def assert_one_line_error(code, err, prefix):
     assert err.startswith(prefix + ": error: "), err
     assert err.endswith("\n") and err.count("\n") == 1, err
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- fake Speech Commands (official layout)
+# Shared by test_speech.py and test_reproduce.py (tests share helpers here, never by importing each other).
+
+SPEECH_UNKNOWN_WORDS = ["bed", "cat"]
+SPEECH_PER_WORD = 4  # clip index -> split: 0, 1 train; 2 validation; 3 test
+
+
+def write_wav(path: Path, samples, rate: int = 16000, channels: int = 1, width: int = 2) -> Path:
+    import wave
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(samples)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(data.astype("<i2" if width == 2 else np.uint8).tobytes())
+    return path
+
+
+def tone(freq: float, n: int = 16000, amp: float = 0.5, seed: int = 0) -> np.ndarray:
+    t = np.arange(n) / 16000
+    rng = np.random.default_rng(seed)
+    x = amp * np.sin(2 * np.pi * freq * t) + 0.2 * amp * np.sin(2 * np.pi * 2.5 * freq * t)
+    x = x * np.hanning(n) + 0.01 * rng.standard_normal(n)
+    return np.round(x * 32767).astype(np.int16)
+
+
+def make_speech_folder(data_dir: Path) -> dict:
+    """The official layout in ``data_dir/speech_commands_v0.02``; returns what each split must hold."""
+    from tinyrobust.data import speech_commands as sc
+
+    root = data_dir / sc.FOLDER
+    splits = {"train": [], "validation": [], "test": []}
+    which = {0: "train", 1: "train", 2: "validation", 3: "test"}
+    for i, word in enumerate(sc.WORDS + SPEECH_UNKNOWN_WORDS):
+        for k in range(SPEECH_PER_WORD):
+            rel = f"{word}/{k:08x}_nohash_{k}.wav"
+            write_wav(root / rel, tone(200 + 90 * i + 7 * k, n=16000 - 1000 * (k % 2), seed=10 * i + k))
+            splits[which[k]].append(rel)
+    short = "yes/5hort000_nohash_0.wav"  # half a second: zero-padded to 1 s
+    write_wav(root / short, tone(1000, n=8000, seed=99))
+    splits["test"].append(short)
+    rng = np.random.default_rng(7)
+    write_wav(root / sc.BACKGROUND_DIR / "white_noise.wav", rng.integers(-8000, 8000, 48000))  # 4 windows
+    write_wav(root / sc.BACKGROUND_DIR / sc.VALIDATION_NOISE, rng.integers(-3000, 3000, 40000))  # 3 windows
+    (root / sc.BACKGROUND_DIR / "README.md").write_text("not a wav\n")
+    (root / sc.VALIDATION_LIST).write_text("".join(p + "\n" for p in splits["validation"]))
+    (root / sc.TESTING_LIST).write_text("".join(p + "\n" for p in reversed(splits["test"])))  # order ignored
+    (root / "LICENSE").write_text("CC BY 4.0\n")
+    return {"root": root, "short": short, **{s: sorted(v) for s, v in splits.items()}}
+
+
+# ---------------------------------------------------------------- synthetic robustness.json (schema 2)
+# Shared by the report tests (test_report_compare.py, test_report_render.py, test_report_pareto.py).
+
+REPORT_EPS = [2.0, 8.0]
+REPORT_CLEAN = "1111111110"  # 9 clean-correct of 10
+
+
+def cascade_strings(clean: str, breaks: dict, order: list, cascade: bool = True) -> dict:
+    """Outcome strings per attack from the images each attack breaks (if it gets to try them)."""
+    alive = {i for i, c in enumerate(clean) if c == "1"}
+    out = {}
+    for a in order:
+        s = []
+        for i, c in enumerate(clean):
+            if c == "0":
+                s.append("0")
+            elif i not in alive:
+                s.append(".")
+            else:
+                s.append("0" if i in breaks.get(a, set()) else "1")
+        if cascade:
+            alive -= set(breaks.get(a, set()))
+        out[a] = "".join(s)
+    return out
+
+
+def attack_family(name: str) -> str:
+    return (
+        "black"
+        if name == "square" or name.startswith("transfer")
+        else ("ensemble" if name == "autoattack" else "white")
+    )
+
+
+def make_res(
+    clean: str,
+    breaks: dict,
+    order: list,
+    *,
+    eps=REPORT_EPS,
+    indices=None,
+    cascade: bool = True,
+    skipped: dict | None = None,
+    params: dict | None = None,
+    masked: bool = False,
+    sha: str = "a" * 64,
+    surrogates: dict | None = None,
+) -> dict:
+    """A schema-2 robustness.json; ``breaks`` is {attack: images it breaks} or {attack: {eps: images}}."""
+    n = len(clean)
+    attacks = {}
+    per_eps = {}
+    for e in eps:
+        b = {a: (v.get(e, set()) if isinstance(v, dict) else v) for a, v in breaks.items()}
+        per_eps[e] = cascade_strings(clean, b, order, cascade)
+    for a in order:
+        attacks[a] = {
+            "family": attack_family(a),
+            "params": (params or {}).get(a, {"steps": 10}),
+            "results": {
+                f"{e:g}": {"robust_accuracy": per_eps[e][a].count("1") / n, "robust": per_eps[e][a]} for e in eps
+            },
+        }
+    return {
+        "schema": 2,
+        "meta": {
+            "model_sha256": sha,
+            "surrogates": surrogates or {},
+            "subset": {"split": "test", "n": n, "seed": 0, "indices": list(indices or range(100, 100 + n))},
+            "threat_model": "L-inf in [0, 1] pixel space",
+        },
+        "n": n,
+        "clean_accuracy": clean.count("1") / n,
+        "clean_correct": clean,
+        "eps": list(eps),
+        "attacks": attacks,
+        "cascade": list(order) if cascade else None,
+        "attack_order": list(order),
+        "skipped": dict(skipped or {}),
+        "masking_checks": {
+            "passed": not masked,
+            "verdict": "gradient masking suspected: failed x" if masked else "no sign of gradient masking",
+            "checks": [{"check": "white_box_beats_black_box", "passed": not masked, "detail": "d"}],
+        },
+        "notes": [],
+    }

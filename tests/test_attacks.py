@@ -25,7 +25,8 @@ K, SHAPE = 4, (3, 8, 8)
 
 # Budgets small enough for a test, large enough for each attack to do something.
 CHEAP = {
-    "pgd": {"steps": 5}, "autoattack": {"steps": 10}, "cw": {"steps": 10, "binary_search_steps": 2},
+    "pgd": {"steps": 5}, "apgd": {"steps": 10}, "bpda": {"steps": 10},
+    "autoattack": {"steps": 5, "square_queries": 50}, "cw": {"steps": 10, "binary_search_steps": 2},
     "square": {"queries": 50}, "transfer": {"steps": 5},
     "hopskipjump": {"max_iter": 2, "max_eval": 50, "init_eval": 10, "init_size": 20},
     "boundary": {"max_iter": 10, "num_trial": 5, "sample_size": 5, "init_size": 20},
@@ -99,7 +100,8 @@ def data():
 
 
 def test_family_expansion_and_unknown_names():
-    assert expand_attack_names("white") == ["fgsm", "pgd", "autoattack", "cw"]
+    assert expand_attack_names("white") == ["fgsm", "pgd", "apgd", "bpda", "cw"]
+    assert expand_attack_names("ensemble") == ["autoattack"]
     assert "transfer" in expand_attack_names("black")
     assert "transfer" not in expand_attack_names("all", surrogate_available=False)
     assert expand_attack_names("pgd,white,pgd")[0] == "pgd"
@@ -133,8 +135,10 @@ def test_bad_inputs_and_params_rejected(model, data):
 def test_transfer_needs_a_surrogate(model, data):
     with pytest.raises(AttackError, match="surrogate"):
         run_attacks(model, *data, ["transfer"], [8], **NO_PROBES)
-    with pytest.raises(AttackError, match="different model"):
-        run_attacks(model, *data, ["transfer"], [8], surrogate=model, **NO_PROBES)
+    res = run_attacks(model, *data, ["pgd", "transfer"], [8], surrogate=model, params={"pgd": {"steps": 2}},
+                      **NO_PROBES)  # a transfer from itself is white-box: skipped, with the reason
+    assert "transfer" not in res["attacks"] and "own weights" in res["skipped"]["transfer"]
+    assert "n/a" in format_table(res)
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
@@ -237,7 +241,7 @@ def test_check_masking_on_hand_made_results():
     base = {"n": 100, "eps": [2.0, 8.0]}
     ok = check_masking({**base, "attacks": {"pgd": entry("white", {"2": 0.5, "8": 0.1}),
                                             "square": entry("black", {"2": 0.6, "8": 0.2})}})
-    assert ok["passed"] and [c["passed"] for c in ok["checks"]] == [True, None, True, None]
+    assert ok["passed"] and [c["passed"] for c in ok["checks"]] == [True, None, True, None, None, None, None, None]
     bad = check_masking({**base, "attacks": {"pgd": entry("white", {"2": 0.3, "8": 0.5}),
                                              "square": entry("black", {"2": 0.3, "8": 0.1})}})
     assert not bad["passed"] and "monotone_in_eps" in bad["verdict"] and "white_box_beats_black_box" in bad["verdict"]
@@ -278,6 +282,7 @@ def fake_run(monkeypatch, model, data):
     data_mod.load_dataset = lambda name, split, data_dir=None: SimpleNamespace(x=images, y=y)
     loader = types.ModuleType("tinyrobust.data.loader")
     loader.stratified_subset = lambda labels, n, seed: np.random.default_rng(seed).permutation(len(labels))[:n]
+    loader.nested_stratified_order = loader.stratified_subset
     loader.to_tensors = lambda ds, idx: (torch.from_numpy(ds.x[idx]).permute(0, 3, 1, 2).float() / 255,
                                          torch.from_numpy(ds.y[idx]))
     for name, mod in (("tinyrobust.runs", runs), ("tinyrobust.data", data_mod), ("tinyrobust.data.loader", loader)):

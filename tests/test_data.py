@@ -433,7 +433,8 @@ def test_svhn_missing_and_download(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_and_split(tmp_path):
-    with pytest.raises(UnknownNameError, match="cifar10, speech_commands, svhn"):
+    with pytest.raises(UnknownNameError,
+                       match="cifar10, speech_commands, speech_commands_logmel, speech_commands_wav, svhn"):
         load_dataset("mnist", "train", data_dir=tmp_path)
     with pytest.raises(UnknownNameError):
         dataset_info("mnist")

@@ -18,16 +18,17 @@ from tinyrobust.config import DataConfig, ModelConfig, QuantConfig, RunConfig, d
 from tinyrobust.errors import ExportError
 from tinyrobust.export import (
     OnnxClassifierModule,
+    cli_command,
     export_model,
     exported_model_accuracy,
     footprint_table,
     format_footprint,
+    onnx_export,
     onnx_predict_fn,
     reference_footprints,
     verify_export,
     weight_support,
 )
-from tinyrobust.export import cli_command, onnx_export
 from tinyrobust.models import MODELS, build_model
 
 onnx = pytest.importorskip("onnx")
@@ -45,14 +46,21 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def warm_model(name="qnn", weight="int4", act="int4", shape=SHAPE, classes=10, first="int8", last="int8",
-               steps=40, seed=0):
+def warm_model(
+    name="qnn", weight="int4", act="int4", shape=SHAPE, classes=10, first="int8", last="int8", steps=40, seed=0
+):
     """A model whose BN statistics and activation scales were initialised by train-mode passes."""
     torch.manual_seed(seed)
     first = None if weight == "float" else first
     last = None if weight == "float" else last
-    m = build_model(name, num_classes=classes, input_shape=shape, mean=(0.5,) * shape[0], std=(0.25,) * shape[0],
-                    quant=QuantConfig(weight=weight, act=act, first_weight=first, last_weight=last))
+    m = build_model(
+        name,
+        num_classes=classes,
+        input_shape=shape,
+        mean=(0.5,) * shape[0],
+        std=(0.25,) * shape[0],
+        quant=QuantConfig(weight=weight, act=act, first_weight=first, last_weight=last),
+    )
     m.train()
     with torch.no_grad():
         for _ in range(steps):
@@ -106,16 +114,19 @@ def quant_bit_widths(path):
 # ---------------------------------------------------------------- export + verification
 
 
-@pytest.mark.parametrize("weight,act,fmt", [
-    ("int4", "int4", "onnx"),
-    ("int4", "int4", "qonnx"),
-    ("ternary", "int3", "onnx"),
-    ("ternary", "int3", "qonnx"),
-    ("stochastic_ternary", "int2", "onnx"),
-    ("binary", "int4", "qonnx"),
-    ("float", "float", "onnx"),
-    ("float", "float", "qonnx"),
-])
+@pytest.mark.parametrize(
+    "weight,act,fmt",
+    [
+        ("int4", "int4", "onnx"),
+        ("int4", "int4", "qonnx"),
+        ("ternary", "int3", "onnx"),
+        ("ternary", "int3", "qonnx"),
+        ("stochastic_ternary", "int2", "onnx"),
+        ("binary", "int4", "qonnx"),
+        ("float", "float", "onnx"),
+        ("float", "float", "qonnx"),
+    ],
+)
 def test_export_matches_pytorch(tmp_path, weight, act, fmt):
     m = cached_model(weight, act)
     path = export_model(m, tmp_path / f"m.{fmt}.onnx", fmt, SHAPE)
@@ -198,14 +209,14 @@ def test_unknown_format(tmp_path):
 @pytest.mark.parametrize("missing,fmt", [("qonnx", "qonnx"), ("onnxruntime", "onnx"), ("onnx", "onnx")])
 def test_missing_dependency_names_package(tmp_path, monkeypatch, missing, fmt):
     monkeypatch.setitem(sys.modules, missing, None)  # makes `import missing` fail
-    with pytest.raises(ExportError, match=rf"pip install {missing}\b"):
+    with pytest.raises(ExportError, match=rf"optional package {missing}: pip install 'tinyrobust\[export\]'"):
         export_model(cached_model("int4", "int4"), tmp_path / "m.onnx", fmt, SHAPE)
 
 
 def test_predict_fn_without_onnxruntime(tmp_path, monkeypatch):
     path = export_model(cached_model("int4", "int4"), tmp_path / "m.onnx", "onnx", SHAPE)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ExportError, match="pip install onnxruntime"):
+    with pytest.raises(ExportError, match=r"package onnxruntime: pip install 'tinyrobust\[export\]'"):
         onnx_predict_fn(path)
 
 
@@ -257,16 +268,22 @@ def test_footprint_resnet8_float_by_hand():
     assert (conv, bn) == (77370, 480)
     assert fp["parameters"] == 77850 == conv + bn and fp["layer_parameters"] == conv
     assert fp["bn_parameters"] == bn and fp["quantizer_parameters"] == 0
-    assert fp["weight_kb"] == pytest.approx(conv * 4 / 1024)  # 302.2 KB of 32-bit floats
-    assert round(fp["weight_kb"]) == 302
+    # 32-bit floats: conv/dense weights and the fc bias, plus one folded 32-bit bias per BatchNorm channel
+    # (the 240 channels of the seven BNs; the shortcuts have no BN); float layers have no weight scales
+    folded = 16 * 3 + 32 * 2 + 64 * 2
+    assert fp["weight_kb"] == pytest.approx((conv + folded) * 4 / 1024)  # 303.2 KB
+    assert fp["weight_kb_bare"] == pytest.approx(conv * 4 / 1024)  # 302.2 KB: weights and own biases only
+    assert round(fp["weight_kb"], 1) == 303.2 and round(fp["weight_kb_bare"], 1) == 302.2
     stem = fp["layers"][0]
     assert (stem["layer"], stem["params"], stem["weight_bits"]) == ("stem.conv", 432, 32)
     assert stem["output_shape"] == [16, 32, 32]
-    assert stem["weight_kb"] == pytest.approx(432 * 4 / 1024) and stem["act_kb"] == pytest.approx(64.0)
+    assert stem["weight_kb"] == pytest.approx((432 + 16) * 4 / 1024) and stem["act_kb"] == pytest.approx(64.0)
     assert fp["peak_act_kb"] == pytest.approx(64.0) and fp["peak_act_layer"] == "stem.conv"
     assert fp["input_kb"] == pytest.approx(12.0)
     assert fp["double_buffer_kb"] == pytest.approx(128.0)  # stem out + stack1.c1 out, 64 KB each
-    assert fp["weight_scale_kb"] == 0 and fp["bn_fold_kb"] == pytest.approx(240 * 4 / 1024)
+    assert fp["weight_scale_kb"] == 0 and fp["bn_fold_kb"] == pytest.approx(folded * 4 / 1024)
+    shortcut = next(r for r in fp["layers"] if r["layer"] == "stack2.shortcut")
+    assert shortcut["weight_kb"] == shortcut["weight_kb_bare"] == pytest.approx(16 * 32 * 4 / 1024)  # no BN after it
     assert "largest single layer output" in fp["definitions"]["peak_act_kb"]
 
 
@@ -275,7 +292,11 @@ def test_footprint_quantized_bits():
     fp = footprint_table(m, SHAPE)
     first, block2, fc = fp["layers"][0], fp["layers"][1], fp["layers"][-1]
     assert (first["weight_bits"], block2["weight_bits"], fc["weight_bits"]) == (8, 4, 8)
-    assert block2["weight_kb"] == pytest.approx(32 * 32 * 9 * 4 / 8 / 1024)
+    # 4-bit weights, one 32-bit scale per output channel, and the folded BatchNorm's 32-bit bias per channel
+    assert block2["weight_kb_bare"] == pytest.approx(32 * 32 * 9 * 4 / 8 / 1024)
+    assert block2["weight_kb"] == pytest.approx((32 * 32 * 9 * 4 / 8 + 32 * 4 + 32 * 4) / 1024)
+    assert fc["weight_kb"] == pytest.approx((fc["params"] - 10 + 10 * 4 + 10 * 4) / 1024)  # int8, bias, scales
+    assert fp["weight_kb"] == pytest.approx(fp["weight_kb_bare"] + fp["weight_scale_kb"] + fp["bn_fold_kb"])
     assert first["act_bits"] == 4 and first["act_kb"] == pytest.approx(32 * 16 * 16 * 4 / 8 / 1024)
     assert fc["act_bits"] == 32  # logits
     assert fp["input_kb"] == pytest.approx(3 * 16 * 16 / 1024)
@@ -289,7 +310,9 @@ def test_reference_footprints_and_missing_reference(monkeypatch):
     refs = reference_footprints()
     by = {(r["model"], r["precision"]): r for r in refs}
     assert by[("mlc_resnet8", "float")]["parameters"] == 77850
-    assert by[("mlc_resnet8", "int8")]["weight_kb"] == pytest.approx((77360 + 40) / 1024)
+    # 77,360 int8 weights, 10 fc biases, 240 folded BN biases and 346 per-channel scales (32-bit each)
+    assert by[("mlc_resnet8", "int8")]["weight_kb"] == pytest.approx((77360 + (10 + 240 + 346) * 4) / 1024)
+    assert by[("mlc_resnet8", "int8")]["weight_kb_bare"] == pytest.approx((77360 + 40) / 1024)
     assert by[("mlc_resnet8", "int8")]["peak_act_kb"] == pytest.approx(16.0)
     if "mlc_dscnn" in MODELS:  # appears automatically once registered
         d = by[("mlc_dscnn", "float")]
@@ -334,8 +357,9 @@ def make_run(tmp_path, monkeypatch):
         quant = QuantConfig(weight=weight, act=act, first_weight="int8", last_weight="int8")
         cfg = RunConfig(name=name, data=DataConfig(dataset="cifar10"), model=ModelConfig(name="qnn", quant=quant))
         torch.manual_seed(0)
-        m = build_model("qnn", num_classes=info.num_classes, input_shape=info.input_shape, mean=info.mean,
-                        std=info.std, quant=quant)
+        m = build_model(
+            "qnn", num_classes=info.num_classes, input_shape=info.input_shape, mean=info.mean, std=info.std, quant=quant
+        )
         m.train()
         with torch.no_grad():
             for _ in range(32):
@@ -374,11 +398,29 @@ def test_cli_export_onnx_writes_verified_file(make_run, capsys):
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine (--durations)
 def test_cli_export_qonnx_and_footprint(make_run, capsys, tmp_path):
     run_dir = make_run()
     out = tmp_path / "deploy" / "net.onnx"
-    assert own_cli(["export", "--run", str(run_dir), "--format", "qonnx", "--out", str(out), "--n", "200",
-                    "--threads", "1", "--json"]) == 0
+    assert (
+        own_cli(
+            [
+                "export",
+                "--run",
+                str(run_dir),
+                "--format",
+                "qonnx",
+                "--out",
+                str(out),
+                "--n",
+                "200",
+                "--threads",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rec = json.loads((out.parent / "net.onnx.verify.json").read_text())
     assert json.loads(capsys.readouterr().out)["sha256"] == rec["sha256"]
     assert rec["format"] == "qonnx" and rec["n"] == 60 and rec["subset"]["requested"] == 200  # capped at the split
@@ -407,6 +449,7 @@ def test_cli_binary_run_to_onnx_fails_cleanly(make_run, capsys):
     assert not (run_dir / "model.onnx").exists()
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine (--durations)
 def test_cli_export_fails_when_file_disagrees(make_run, capsys, monkeypatch):
     from tinyrobust.cli import main
 

@@ -178,9 +178,9 @@ def test_unknown_override_layer_lists_the_layers():
     assert str(err.value) == "model.quant.overrides.e: no such layer; layers are: a, b"
     with pytest.raises(ConfigError) as err:
         build_model("qnn", **CIFAR, quant=QuantConfig(overrides={"block9": LayerQuant(weight="int4")}))
-    assert str(err.value) == ("model.quant.overrides.block9: no such layer; layers are: "
-                              "block1, block2, block3, block4, block5, fc")
-    with pytest.raises(ConfigError, match="layers are: stem, stack1.c1, stack1.c2, stack2.c1"):
+    assert str(err.value) == ("model.quant.overrides.block9: no such layer; layers are: blocks.block1.conv, "
+                              "blocks.block2.conv, blocks.block3.conv, blocks.block4.conv, blocks.block5.conv, fc")
+    with pytest.raises(ConfigError, match="layers are: stem.conv, stack1.c1.conv, stack1.c2, stack2.c1.conv"):
         build_model("mlc_resnet8", **CIFAR, quant=QuantConfig(overrides={"stack9": LayerQuant()}))
 
 
@@ -209,7 +209,16 @@ def test_plan_reaches_the_modules():
 
 def test_mlc_resnet8_matches_the_reference():
     m = build_model("mlc_resnet8", **CIFAR).eval()
-    assert m.num_parameters() == 77_850  # the MLCommons Tiny Keras model, BN included
+    # The reference Keras model's summary (mlcommons/tiny benchmark/training/image_classification/Logs/
+    # training_log.txt): "Total params: 78,666", "Trainable params: 78,186". Ours differs by exactly what
+    # docs/models.md lists: no conv biases (one per output channel of each of the 9 convs), and BatchNorm's
+    # moving mean/variance are buffers in PyTorch (Keras counts them as non-trainable params).
+    convs = [mod for mod in m.modules() if isinstance(mod, nn.Conv2d)]
+    assert len(convs) == 9 and all(c.bias is None for c in convs)
+    conv_biases = sum(c.out_channels for c in convs)
+    bn_stats = sum(b.numel() for n, b in m.named_buffers() if n.endswith(("running_mean", "running_var")))
+    assert m.num_parameters() + conv_biases == 78_186  # trainable
+    assert m.num_parameters() + conv_biases + bn_stats == 78_666  # total
     assert m(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     table = m.layer_table((3, 32, 32))
     assert [r["layer"] for r in table] == m.weight_layers and len(table) == 10
@@ -217,7 +226,8 @@ def test_mlc_resnet8_matches_the_reference():
     assert table[0]["output_shape"] == [16, 32, 32] and table[-2]["output_shape"] == [64, 8, 8]
     bn = sum(p.numel() for n, p in m.named_parameters() if ".bn" in n)
     assert sum(r["weights"] + r["biases"] for r in table) + bn == 77_850
-    assert sum(r["weight_bytes"] for r in table) == 4 * sum(r["weights"] + r["biases"] for r in table)
+    assert sum(r["weight_bytes_bare"] for r in table) == 4 * sum(r["weights"] + r["biases"] for r in table)
+    assert sum(r["weight_bytes"] for r in table) == 4 * (sum(r["weights"] + r["biases"] for r in table) + bn // 2)
     assert set(m.jr_blocks()) == {"stem", "stack1", "stack2", "stack3"}
 
 
@@ -234,7 +244,7 @@ def test_qnn_memory_against_float_resnet8():
     m4, b4 = qnn_bytes("int4")
     assert b4 < rn_bytes / 4
     _, bt = qnn_bytes("ternary")
-    assert bt < rn_bytes / 8
+    assert bt < 0.13 * rn_bytes  # about an eighth once per-channel scales and folded BN biases count
     assert 1.7 < m4.num_parameters() / rn.num_parameters() < 1.9  # "~1.8x its parameters"
     assert set(m4.jr_blocks()) == {f"block{i}" for i in range(1, 6)}
 

@@ -11,7 +11,7 @@ import yaml
 from tinyrobust.cli import main
 from tinyrobust.errors import ConfigError, TinyRobustError
 from tinyrobust.report.grid import load_grid
-from tinyrobust.report.render import family_mean, headline
+from tinyrobust.report.render import family_mean
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,21 +19,37 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_grid(**over) -> dict:
     grid = {
         "dataset": "cifar10",
-        "surrogate": "qnn_float",
+        "surrogates": ["qnn_float", "resnet"],
         "eps": [2, 8],
         "attacks": {"white": ["fgsm", "pgd"], "black": ["square", "transfer"]},
         "onnx_attacks": ["square"],
-        "base": {"seed": 0, "train": {"batch_size": 25, "lr": 0.05, "threads": 1, "augment": False,
-                                      "warmup_epochs": 0.0}},
-        "budgets": {"quick": {"epochs": 2, "attack_n": 12,
-                              "attack_params": {"pgd": {"steps": 3}, "square": {"queries": 30},
-                                                "masking": {"few_steps": 2, "many_steps": 4}}}},
+        "base": {
+            "seed": 0,
+            "train": {"batch_size": 25, "lr": 0.05, "threads": 1, "augment": False, "warmup_epochs": 0.0},
+        },
+        "budgets": {
+            "quick": {
+                "epochs": 2,
+                "attack_n": 12,
+                "cascade": True,
+                "attack_params": {
+                    "pgd": {"steps": 3},
+                    "square": {"queries": 30},
+                    "masking": {"few_steps": 2, "many_steps": 4},
+                },
+            }
+        },
         "models": [
-            {"key": "qnn_int4_jr", "label": "proposed", "role": "proposed",
-             "config": {"model": {"name": "qnn", "quant": {"weight": "int4", "act": "int4"}},
-                        "jr": {"weight": 0.01}}},
-            {"key": "resnet", "label": "reference", "role": "reference",
-             "config": {"model": {"name": "mlc_resnet8"}}},
+            {
+                "key": "qnn_int4_jr",
+                "label": "proposed",
+                "role": "proposed",
+                "config": {
+                    "model": {"name": "qnn", "quant": {"weight": "int4", "act": "int4"}},
+                    "jr": {"weight": 0.01},
+                },
+            },
+            {"key": "resnet", "label": "reference", "role": "reference", "config": {"model": {"name": "mlc_resnet8"}}},
             {"key": "qnn_float", "label": "float", "role": "float", "config": {"model": {"name": "qnn"}}},
         ],
     }
@@ -56,14 +72,24 @@ def test_shipped_grids_validate(name):
             assert grid.run_config(m, budget).train.epochs == grid.budgets[budget]["epochs"]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"attacks": {"white": ["pgdd"], "black": []}}, "unknown attack 'pgdd'"),
-    ({"attacks": {"white": ["square"], "black": []}}, "'square' is a black-box attack"),
-    ({"eps": [0]}, "eps must be"),
-    ({"typo": 1}, "unknown key 'typo'"),
-    ({"surrogate": "nope"}, "no model with key 'nope'"),
-    ({"onnx_attacks": ["transfer"]}, "transfer is not supported"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"attacks": {"white": ["pgdd"], "black": []}}, "unknown attack 'pgdd'"),
+        ({"attacks": {"white": ["square"], "black": []}}, "'square' is a black-box attack"),
+        ({"eps": [0]}, "eps must be"),
+        ({"typo": 1}, "unknown key 'typo'"),
+        ({"surrogates": ["nope"]}, "no model with key 'nope'"),
+        ({"surrogate": "qnn_float"}, "either surrogate or surrogates"),
+        (
+            {"budgets": {"quick": {"epochs": 1, "attack_n": {"default": 5, "resnett": 9}}}},
+            "'resnett' is not a model key",
+        ),
+        ({"budgets": {"quick": {"epochs": 1, "attack_n": 0}}}, "attack_n must be an integer >= 1"),
+        ({"budgets": {"quick": {"epochs": 1, "cascade": "yes"}}}, "cascade must be true or false"),
+        ({"onnx_attacks": ["transfer"]}, "transfer is not supported"),
+    ],
+)
 def test_bad_grids_are_rejected_with_the_key(tmp_path, change, message):
     folder = write_grid(tmp_path / "g", tiny_grid(**change))
     with pytest.raises(ConfigError, match=message):
@@ -88,11 +114,22 @@ def test_bad_model_config_in_grid_names_the_model(tmp_path):
         load_grid(folder / "cifar10.yaml")
 
 
+@pytest.mark.slow  # trains and attacks real (tiny) models: 20-50 s on 2 cores
 def test_reproduce_end_to_end_then_resume(fake_cifar, tmp_path, capsys, monkeypatch):
     folder = write_grid(tmp_path / "grids", tiny_grid())
     out = tmp_path / "out"
-    args = ["reproduce", "--dataset", "cifar10", "--budget", "quick", "--out", str(out), "--grid-dir", str(folder),
-            "--quiet"]
+    args = [
+        "reproduce",
+        "--dataset",
+        "cifar10",
+        "--budget",
+        "quick",
+        "--out",
+        str(out),
+        "--grid-dir",
+        str(folder),
+        "--quiet",
+    ]
     assert main(args) == 0
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
 
@@ -101,12 +138,19 @@ def test_reproduce_end_to_end_then_resume(fake_cifar, tmp_path, capsys, monkeypa
         res = json.loads((out / "attacks" / key / "robustness.json").read_text())
         assert res["n"] == 12 and set(res["eps"]) == {2.0, 8.0}
         assert "masking_checks" in res
-    # the surrogate is not attacked with transfer from itself
-    assert "transfer" not in json.loads((out / "attacks" / "qnn_float" / "robustness.json").read_text())["attacks"]
-    assert "transfer" in json.loads((out / "attacks" / "resnet" / "robustness.json").read_text())["attacks"]
+    # one transfer per surrogate, never from a model onto itself, and transfers last in the cascade
+    faced = {
+        k: list(json.loads((out / "attacks" / k / "robustness.json").read_text())["attacks"])
+        for k in ("qnn_int4_jr", "resnet", "qnn_float")
+    }
+    assert faced["qnn_int4_jr"][-2:] == ["transfer@qnn_float", "transfer@resnet"]
+    assert "transfer@qnn_float" not in faced["qnn_float"] and "transfer@resnet" in faced["qnn_float"]
+    assert "transfer@resnet" not in faced["resnet"] and "transfer@qnn_float" in faced["resnet"]
     # every model saw the same images
-    hashes = {json.loads((out / "attacks" / k / "robustness.json").read_text())["meta"]["subset"]["indices_sha1"]
-              for k in ("qnn_int4_jr", "resnet", "qnn_float")}
+    hashes = {
+        json.loads((out / "attacks" / k / "robustness.json").read_text())["meta"]["subset"]["indices_sha1"]
+        for k in ("qnn_int4_jr", "resnet", "qnn_float")
+    }
     assert len(hashes) == 1
     # the proposed model's exported file was verified and attacked
     assert (out / "runs" / "qnn_int4_jr" / "model.onnx.verify.json").is_file()
@@ -120,15 +164,29 @@ def test_reproduce_end_to_end_then_resume(fake_cifar, tmp_path, capsys, monkeypa
     assert "white-box attacks pgd cannot run on it" in capsys.readouterr().err
 
     md = (out / "report.md").read_text()
-    for section in ("## Headline", "## Models", "## Gradient-masking checks", "## Memory footprint",
-                    "## Does robustness carry over", "### pgd", "+8.3", "mlc_dscnn"):
+    for section in (
+        "## Headline",
+        "**fgsm, pgd, square**",
+        "Left out of the common set",
+        "## Models",
+        "## Gradient-masking checks",
+        "## Memory footprint",
+        "## Does robustness carry over",
+        "### pgd",
+        "### transfer@resnet",
+        "+8.3",
+        "mlc_dscnn",
+        "Newcombe",
+    ):
         assert section in md, section
     page = (out / "report.html").read_text()
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
-    assert (out / "accuracy_vs_eps.png").is_file() and (out / "robustness_vs_memory.png").is_file()
+    assert (out / "accuracy_vs_eps.png").is_file() and (out / "pareto_eps2.png").is_file()
+    assert "## Robustness vs memory: Pareto front" in md
     report = json.loads((out / "report.json").read_text())
-    white = [h for h in report["headline"] if h["family"] == "white"][0]
-    assert white["paper_delta_points"] == 8.3 and white["delta_points"] is not None
+    assert report["comparison"]["common"] == ["fgsm", "pgd", "square"]
+    assert {d["other"] for d in report["comparison"]["deltas"]} == {"resnet", "qnn_float"}
+    assert report["tables"]["paper"]["rows"][0][-1] == "+8.3"
 
     # resume: nothing is trained or attacked again, and the report is the same
     import tinyrobust.attacks.runner as runner
@@ -155,14 +213,31 @@ def test_reproduce_end_to_end_then_resume(fake_cifar, tmp_path, capsys, monkeypa
     assert "train.epochs: 2 -> 3" in err and "remove that folder to train it again" in err
 
 
+@pytest.mark.slow  # trains and attacks real (tiny) models: 20-50 s on 2 cores
 def test_reproduce_resumes_a_killed_attack_stage(fake_cifar, tmp_path, monkeypatch):
     """A kill during attacks keeps the finished attacks: only the rest is computed again."""
-    folder = write_grid(tmp_path / "grids", tiny_grid(models=tiny_grid()["models"][:2], surrogate=None,
-                                                      attacks={"white": ["fgsm", "pgd"], "black": ["square"]},
-                                                      onnx_attacks=[]))
+    folder = write_grid(
+        tmp_path / "grids",
+        tiny_grid(
+            models=tiny_grid()["models"][:2],
+            surrogates=[],
+            attacks={"white": ["fgsm", "pgd"], "black": ["square"]},
+            onnx_attacks=[],
+        ),
+    )
     out = tmp_path / "out"
-    args = ["reproduce", "--dataset", "cifar10", "--budget", "quick", "--out", str(out), "--grid-dir", str(folder),
-            "--quiet"]
+    args = [
+        "reproduce",
+        "--dataset",
+        "cifar10",
+        "--budget",
+        "quick",
+        "--out",
+        str(out),
+        "--grid-dir",
+        str(folder),
+        "--quiet",
+    ]
     assert main(args[:] + ["--stages", "train"]) == 0
 
     import tinyrobust.attacks.runner as runner
@@ -206,8 +281,18 @@ def test_reproduce_models_option_picks_and_orders(tmp_path, capsys, monkeypatch)
     folder = write_grid(tmp_path / "grids", tiny_grid())
     trained = []
     monkeypatch.setattr(train, "train_run", lambda cfg, run_dir, **k: trained.append((cfg.name, run_dir.name)) or {})
-    base = ["reproduce", "--dataset", "cifar10", "--out", str(tmp_path / "o"), "--grid-dir", str(folder),
-            "--stages", "train", "--quiet"]
+    base = [
+        "reproduce",
+        "--dataset",
+        "cifar10",
+        "--out",
+        str(tmp_path / "o"),
+        "--grid-dir",
+        str(folder),
+        "--stages",
+        "train",
+        "--quiet",
+    ]
     assert main(base + ["--models", "qnn_float,resnet"]) == 0
     assert trained == [("qnn_float", "qnn_float"), ("resnet", "resnet")]
     capsys.readouterr()
@@ -227,38 +312,121 @@ def test_reproduce_missing_dataset_names_it(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(archive.urllib.request, "urlopen", offline)
     folder = write_grid(tmp_path / "g", tiny_grid())
-    assert main(["reproduce", "--dataset", "cifar10", "--out", str(tmp_path / "o"), "--grid-dir", str(folder),
-                 "--quiet"]) == 2
+    assert (
+        main(["reproduce", "--dataset", "cifar10", "--out", str(tmp_path / "o"), "--grid-dir", str(folder), "--quiet"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "cifar" in err.lower() and "TINYROBUST_DATA" in err
 
 
-def test_headline_means_over_family():
+def test_family_mean_over_the_attacks_that_ran():
     res = {"attacks": {"pgd": {"results": {"2": {"robust_accuracy": 0.5}, "8": {"robust_accuracy": 0.1}}}}}
     assert family_mean(res, ["pgd", "fgsm"], [2, 8]) == pytest.approx(0.3)
-    data = {"dataset": "cifar10", "eps": [2, 8], "white": ["pgd"], "black": [],
-            "models": [{"key": "p", "role": "proposed", "attacks": res},
-                       {"key": "r", "role": "reference", "attacks": {"attacks": {"pgd": {"results": {
-                           "2": {"robust_accuracy": 0.2}, "8": {"robust_accuracy": 0.0}}}}}}]}
-    white = [h for h in headline(data) if h["family"] == "white"][0]
-    assert white["delta_points"] == pytest.approx(20.0) and white["paper_delta_points"] == 8.3
+    assert family_mean(None, ["pgd"], [2]) is None
+
+
+def test_grid_per_model_attack_n_and_cascade_order(tmp_path):
+    grid = tiny_grid()
+    grid["budgets"]["quick"]["attack_n"] = {"default": 7, "qnn_int4_jr": 20}
+    g = load_grid(write_grid(tmp_path / "g", grid) / "cifar10.yaml")
+    assert g.attack_n("quick", "qnn_int4_jr") == 20 and g.attack_n("quick", "resnet") == 7 and g.cascade("quick")
+    assert g.model_attacks("quick", "qnn_int4_jr") == ["fgsm", "pgd", "square", "transfer@qnn_float", "transfer@resnet"]
+    assert g.model_attacks("quick", "resnet") == ["fgsm", "pgd", "square", "transfer@qnn_float"]
+    assert g.model_attacks("quick", "qnn_int4_jr", ready=["resnet"]) == ["fgsm", "pgd", "square", "transfer@resnet"]
+
+
+def test_attack_stage_passes_surrogates_cascade_and_per_model_n(tmp_path, monkeypatch):
+    """reproduce hands attack_run one transfer@<key> per other surrogate, the cascade flag, the model's own n
+    and the transfer settings for every transfer entry; a model waits until its surrogates are trained."""
+    import tinyrobust.attacks.evaluate as evaluate
+    from tinyrobust.report.reproduce import attack_stage
+
+    grid = tiny_grid()
+    grid["budgets"]["quick"]["attack_n"] = {"default": 7, "qnn_int4_jr": 20}
+    grid["budgets"]["quick"]["attack_params"]["transfer"] = {"steps": 3}
+    grid["onnx_attacks"] = []
+    g = load_grid(write_grid(tmp_path / "g", grid) / "cifar10.yaml")
+    out = tmp_path / "out"
+    for key in ("qnn_int4_jr", "qnn_float"):  # resnet (a surrogate) not trained yet
+        (out / "runs" / key).mkdir(parents=True)
+        (out / "runs" / key / "model.safetensors").write_bytes(b"w")
+    calls = []
+
+    def fake_attack_run(
+        run_dir,
+        attacks,
+        eps,
+        n=1000,
+        seed=0,
+        data_dir=None,
+        out=None,
+        surrogate_run=None,
+        params=None,
+        *,
+        progress=True,
+        surrogate_runs=None,
+        cascade=False,
+        **kw,
+    ):
+        calls.append(
+            (
+                Path(run_dir).name,
+                list(attacks),
+                n,
+                {k: Path(v).name for k, v in surrogate_runs.items()},
+                cascade,
+                params,
+            )
+        )
+        return {}
+
+    monkeypatch.setattr(evaluate, "attack_run", fake_attack_run)
+    attack_stage(g, "quick", out, None, 0, progress=False)
+    assert calls == []  # both trained models wait for the resnet surrogate
+    (out / "runs" / "resnet").mkdir(parents=True)
+    (out / "runs" / "resnet" / "model.safetensors").write_bytes(b"r")
+    attack_stage(g, "quick", out, None, 0, progress=False)
+    first = calls[0]
+    assert first[:5] == (
+        "qnn_int4_jr",
+        ["fgsm", "pgd", "square", "transfer@qnn_float", "transfer@resnet"],
+        20,
+        {"qnn_float": "qnn_float", "resnet": "resnet"},
+        True,
+    )
+    assert first[5]["transfer@qnn_float"] == {"steps": 3} and "transfer" not in first[5]
+    assert [c[0] for c in calls] == ["qnn_int4_jr", "resnet", "qnn_float"]
+    assert calls[2][1][-1] == "transfer@resnet" and calls[2][2] == 7 and calls[2][3] == {"resnet": "resnet"}
 
 
 def _shipped_grid_with_tiny_budget(dataset: str, folder: Path, attack_n: int = 8) -> Path:
     """The shipped grid of ``dataset`` (same models, attacks and roles) with a seconds-scale budget."""
     grid = yaml.safe_load((REPO / "configs" / "reproduce" / f"{dataset}.yaml").read_text())
     grid["base"].setdefault("train", {}).update(threads=1, batch_size=8)
-    grid["budgets"] = {"tiny": {"epochs": 1, "attack_n": attack_n, "attack_params": {
-        "pgd": {"steps": 2}, "autoattack": {"steps": 3}, "cw": {"steps": 3, "binary_search_steps": 1},
-        "square": {"queries": 10}, "hopskipjump": {"max_iter": 1, "max_eval": 10, "init_eval": 5},
-        "boundary": {"max_iter": 2}, "zoo": {"max_iter": 1}, "masking": {"few_steps": 2, "many_steps": 3}}}}
+    grid["budgets"] = {
+        "tiny": {
+            "epochs": 1,
+            "attack_n": attack_n,
+            "cascade": True,
+            "attack_params": {
+                "pgd": {"steps": 2},
+                "apgd": {"steps": 2},
+                "bpda": {"steps": 2},
+                "autoattack": {"steps": 2, "n_target_classes": 2, "square_queries": 10},
+                "square": {"queries": 10},
+                "masking": {"few_steps": 2, "many_steps": 3},
+            },
+        }
+    }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{dataset}.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
     return folder
 
 
+@pytest.mark.slow  # trains and attacks real (tiny) models: 20-50 s on 2 cores
 def test_reproduce_speech_commands_runs_every_attack_in_the_feature_domain(tmp_path, monkeypatch, capsys):
-    from test_speech import make_speech_folder
+    from conftest import make_speech_folder
 
     speech = make_speech_folder(tmp_path / "data")
     monkeypatch.setenv("TINYROBUST_DATA", str(speech["root"].parent))
@@ -266,17 +434,33 @@ def test_reproduce_speech_commands_runs_every_attack_in_the_feature_domain(tmp_p
     monkeypatch.setenv("TINYROBUST_THREADS", "1")
     folder = _shipped_grid_with_tiny_budget("speech_commands", tmp_path / "grids")
     out = tmp_path / "out"
-    assert main(["reproduce", "--dataset", "speech_commands", "--budget", "tiny", "--out", str(out),
-                 "--grid-dir", str(folder), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "--dataset",
+                "speech_commands",
+                "--budget",
+                "tiny",
+                "--out",
+                str(out),
+                "--grid-dir",
+                str(folder),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     grid = load_grid(folder / "speech_commands.yaml")
     proposed = next(m.key for m in grid.models if m.role == "proposed")
     res = json.loads((out / "attacks" / proposed / "robustness.json").read_text())
-    assert set(res["attacks"]) == set(grid.white + grid.black)  # every attack ran on audio
+    assert list(res["attacks"]) == grid.model_attacks("tiny", proposed)  # every attack ran on audio
     assert res["meta"]["data_kind"] == "audio" and "feature domain" in res["meta"]["threat_model"]
     md = (out / "report.md").read_text()
     assert "speech_commands" in md and "+79.5" in md and "mlc_dscnn" in md and "feature domain" in md
 
 
+@pytest.mark.slow  # trains and attacks real (tiny) models: 20-50 s on 2 cores
 def test_reproduce_svhn_end_to_end(tmp_path, monkeypatch):
     import numpy as np
     import scipy.io
@@ -299,29 +483,112 @@ def test_reproduce_svhn_end_to_end(tmp_path, monkeypatch):
     grid["attacks"] = {"white": ["fgsm", "pgd"], "black": ["square", "transfer"]}
     grid["onnx_attacks"] = []
     grid["base"]["train"] = {**grid["base"].get("train", {}), "threads": 1, "batch_size": 10}
-    grid["budgets"] = {"tiny": {"epochs": 1, "attack_n": 10, "attack_params": {
-        "pgd": {"steps": 2}, "square": {"queries": 10}, "masking": {"few_steps": 2, "many_steps": 3}}}}
+    grid["budgets"] = {
+        "tiny": {
+            "epochs": 1,
+            "attack_n": 10,
+            "attack_params": {
+                "pgd": {"steps": 2},
+                "square": {"queries": 10},
+                "masking": {"few_steps": 2, "many_steps": 3},
+            },
+        }
+    }
     (tmp_path / "g").mkdir()
     (tmp_path / "g" / "svhn.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
     out = tmp_path / "out"
-    assert main(["reproduce", "--dataset", "svhn", "--budget", "tiny", "--out", str(out), "--grid-dir",
-                 str(tmp_path / "g"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "--dataset",
+                "svhn",
+                "--budget",
+                "tiny",
+                "--out",
+                str(out),
+                "--grid-dir",
+                str(tmp_path / "g"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     md = (out / "report.md").read_text()
     assert "svhn" in md and "+6.5" in md and "svhn/train_32x32.mat" not in md  # the source named is the test file
     assert "test_32x32.mat" in md or "train_32x32.mat" in md
 
 
+@pytest.mark.slow  # trains and attacks real (tiny) models: 20-50 s on 2 cores
 def test_attack_into_an_unwritable_folder_fails_before_attacking(fake_cifar, tmp_path, capsys, monkeypatch):
-    folder = write_grid(tmp_path / "grids", tiny_grid(models=tiny_grid()["models"][:2], surrogate=None,
-                                                      onnx_attacks=[]))
+    folder = write_grid(tmp_path / "grids", tiny_grid(models=tiny_grid()["models"][:2], surrogates=[], onnx_attacks=[]))
     out = tmp_path / "out"
-    assert main(["reproduce", "--dataset", "cifar10", "--budget", "quick", "--out", str(out), "--grid-dir",
-                 str(folder), "--quiet", "--stages", "train"]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "--dataset",
+                "cifar10",
+                "--budget",
+                "quick",
+                "--out",
+                str(out),
+                "--grid-dir",
+                str(folder),
+                "--quiet",
+                "--stages",
+                "train",
+            ]
+        )
+        == 0
+    )
     import tinyrobust.attacks.runner as runner
 
     monkeypatch.setattr(runner, "_generate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("attacked")))
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    assert main(["attack", "--run", str(out / "runs" / "resnet"), "--attacks", "pgd", "--n", "4",
-                 "--out", str(blocker / "sub")]) == 2
+    assert (
+        main(
+            [
+                "attack",
+                "--run",
+                str(out / "runs" / "resnet"),
+                "--attacks",
+                "pgd",
+                "--n",
+                "4",
+                "--out",
+                str(blocker / "sub"),
+            ]
+        )
+        == 2
+    )
     assert "is not writable" in capsys.readouterr().err
+
+
+def test_attack_stage_refuses_an_attack_run_without_the_new_arguments(tmp_path, monkeypatch):
+    """Until the attack side takes surrogate_runs/cascade, a grid that needs them fails in one clear line."""
+    import tinyrobust.attacks.evaluate as evaluate
+    from tinyrobust.report.reproduce import attack_stage
+
+    g = load_grid(write_grid(tmp_path / "g", tiny_grid(onnx_attacks=[])) / "cifar10.yaml")
+    out = tmp_path / "out"
+    for key in ("qnn_int4_jr", "resnet", "qnn_float"):
+        (out / "runs" / key).mkdir(parents=True)
+        (out / "runs" / key / "model.safetensors").write_bytes(b"w")
+
+    def old_attack_run(run_dir, attacks, eps, n=1000, seed=0, data_dir=None, out=None, surrogate_run=None, params=None):
+        raise AssertionError("called")
+
+    monkeypatch.setattr(evaluate, "attack_run", old_attack_run)
+    with pytest.raises(TinyRobustError, match="takes no surrogate_runs/cascade"):
+        attack_stage(g, "quick", out, None, 0, progress=False)
+
+
+def test_recorded_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from tinyrobust.report.reproduce import portable
+
+    monkeypatch.chdir(tmp_path)
+    assert portable(tmp_path / "results" / "cifar10") == "results/cifar10"
+    assert portable("results/x") == "results/x" and portable("--quiet") == "--quiet"
+    assert portable("/elsewhere/out") == "/elsewhere/out"  # outside the working directory: kept as given

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import tarfile
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,11 @@ from tinyrobust.data import speech_commands as sc
 from tinyrobust.data.datasets import ArrayDataset
 from tinyrobust.errors import DataError
 
+from conftest import SPEECH_PER_WORD, SPEECH_UNKNOWN_WORDS, make_speech_folder, tone, write_wav
+
 torch.set_num_threads(1)
 
-UNKNOWN_WORDS = ["bed", "cat"]
-# clip index -> split: 0, 1 train; 2 validation; 3 test
-PER_WORD = 4
+UNKNOWN_WORDS, PER_WORD = SPEECH_UNKNOWN_WORDS, SPEECH_PER_WORD
 
 
 @pytest.fixture(autouse=True)
@@ -30,48 +29,6 @@ def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYROBUST_CACHE", str(cache))
     monkeypatch.delenv("TINYROBUST_DATA", raising=False)
     return cache
-
-
-def write_wav(path: Path, samples, rate: int = 16000, channels: int = 1, width: int = 2) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = np.asarray(samples)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        w.writeframes(data.astype("<i2" if width == 2 else np.uint8).tobytes())
-    return path
-
-
-def tone(freq: float, n: int = 16000, amp: float = 0.5, seed: int = 0) -> np.ndarray:
-    t = np.arange(n) / 16000
-    rng = np.random.default_rng(seed)
-    x = amp * np.sin(2 * np.pi * freq * t) + 0.2 * amp * np.sin(2 * np.pi * 2.5 * freq * t)
-    x = x * np.hanning(n) + 0.01 * rng.standard_normal(n)
-    return np.round(x * 32767).astype(np.int16)
-
-
-def make_speech_folder(data_dir: Path) -> dict:
-    """The official layout in ``data_dir/speech_commands_v0.02``; returns what each split must hold."""
-    root = data_dir / sc.FOLDER
-    splits = {"train": [], "validation": [], "test": []}
-    which = {0: "train", 1: "train", 2: "validation", 3: "test"}
-    for i, word in enumerate(sc.WORDS + UNKNOWN_WORDS):
-        for k in range(PER_WORD):
-            rel = f"{word}/{k:08x}_nohash_{k}.wav"
-            write_wav(root / rel, tone(200 + 90 * i + 7 * k, n=16000 - 1000 * (k % 2), seed=10 * i + k))
-            splits[which[k]].append(rel)
-    short = "yes/5hort000_nohash_0.wav"  # half a second: zero-padded to 1 s
-    write_wav(root / short, tone(1000, n=8000, seed=99))
-    splits["test"].append(short)
-    rng = np.random.default_rng(7)
-    write_wav(root / sc.BACKGROUND_DIR / "white_noise.wav", rng.integers(-8000, 8000, 48000))  # 4 windows
-    write_wav(root / sc.BACKGROUND_DIR / sc.VALIDATION_NOISE, rng.integers(-3000, 3000, 40000))  # 3 windows
-    (root / sc.BACKGROUND_DIR / "README.md").write_text("not a wav\n")
-    (root / sc.VALIDATION_LIST).write_text("".join(p + "\n" for p in splits["validation"]))
-    (root / sc.TESTING_LIST).write_text("".join(p + "\n" for p in reversed(splits["test"])))  # order ignored
-    (root / "LICENSE").write_text("CC BY 4.0\n")
-    return {"root": root, "short": short, **{s: sorted(v) for s, v in splits.items()}}
 
 
 @pytest.fixture

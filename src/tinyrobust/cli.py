@@ -29,17 +29,20 @@ def _one_line(text: str) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .resources import resolve_config
     from .train import train_run
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     if args.config is None and not (args.resume and run_dir and (run_dir / "config.yaml").is_file()):
         raise TinyRobustError("--config is required (or --resume with a --run-dir that holds config.yaml)")
-    cfg_path = args.config if args.config else run_dir / "config.yaml"
+    cfg_path = resolve_config(args.config) if args.config else run_dir / "config.yaml"
     cfg = load_config(cfg_path, args.set)
     run_dir = run_dir or Path("runs") / cfg.name
     summary = train_run(cfg, run_dir, resume=args.resume, data_dir=args.data_dir, progress=not args.quiet)
-    print(f"{cfg.name}: test accuracy {100 * summary['test_accuracy']:.2f}%, "
-          f"{summary['weight_kb']:.1f} KB of weights; run in {run_dir}")
+    print(
+        f"{cfg.name}: test accuracy {100 * summary['test_accuracy']:.2f}%, "
+        f"{summary['weight_kb']:.1f} KB of weights; run in {run_dir}"
+    )
     return 0
 
 
@@ -55,11 +58,18 @@ def _models(args: argparse.Namespace) -> int:
     from .config import ACT_QUANTS, WEIGHT_QUANTS
     from .data import DATASETS
     from .models import MODELS
+    from .resources import shipped_configs
 
     print("models:             " + ", ".join(MODELS.names()))
     print("datasets:           " + ", ".join(DATASETS.names()))
     print("weight quantizers:  " + ", ".join(WEIGHT_QUANTS))
     print("act quantizers:     " + ", ".join(ACT_QUANTS))
+    names = [n[: -len(".yaml")] for n in shipped_configs()]
+    print("shipped configs:    " + ", ".join(n for n in names if "/" not in n) + "  (train --config NAME)")
+    print("reproduce grids:    " + ", ".join(n[len("reproduce/") :] for n in names if n.startswith("reproduce/")))
+    sweeps = [n for n in names if n.startswith("sweeps/")]
+    if sweeps:
+        print("sweep files:        " + ", ".join(sweeps) + "  (sweep --config configs/NAME.yaml)")
     return 0
 
 
@@ -69,9 +79,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, Dict[str, Command]]:
     handlers: Dict[str, Command] = {}
 
     t = sub.add_parser("train", help="train a model from a config (QAT + Jacobian regularization)")
-    t.add_argument("--config", help="YAML config (see configs/)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+    t.add_argument("--config", help="YAML config: a file, or a shipped one by name (see `tinyrobust list`)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=5 (repeatable)",
+    )
     t.add_argument("--run-dir", help="output folder (default runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     t.add_argument("--data-dir", help="where datasets live (default $TINYROBUST_DATA)")
@@ -84,7 +99,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, Dict[str, Command]]:
     e.add_argument("--json", action="store_true")
     handlers["eval"] = _eval
 
-    m = sub.add_parser("list", help="list registered models, datasets and quantizers")
+    sub.add_parser("list", help="list registered models, datasets and quantizers")
     handlers["list"] = _models
 
     for module in _command_modules():
@@ -101,8 +116,12 @@ def _command_modules() -> List:
     import importlib
 
     mods = []
-    for path in ("tinyrobust.attacks.cli_command", "tinyrobust.export.cli_command",
-                 "tinyrobust.report.cli_command"):
+    for path in (
+        "tinyrobust.attacks.cli_command",
+        "tinyrobust.export.cli_command",
+        "tinyrobust.report.cli_command",
+        "tinyrobust.sweep.cli_command",
+    ):
         try:
             mods.append(importlib.import_module(path))
         except ModuleNotFoundError as exc:

@@ -24,8 +24,9 @@ WEIGHT_QUANTS = ["float"] + [f"int{b}" for b in range(2, 9)] + ["ternary", "stoc
 ACT_QUANTS = ["float"] + [f"int{b}" for b in range(2, 9)]
 
 
-def _meta(*, choices=None, lo=None, hi=None, pattern=None, doc=""):
-    return {"choices": choices, "lo": lo, "hi": hi, "pattern": pattern, "doc": doc}
+def _meta(*, choices=None, lo=None, hi=None, pattern=None, doc="", lo_open=False):
+    """``lo_open``: the lower bound itself is not allowed (an interval (lo, hi])."""
+    return {"choices": choices, "lo": lo, "hi": hi, "pattern": pattern, "doc": doc, "lo_open": lo_open}
 
 
 # a run's name becomes a folder name (runs/<name>): one plain path component, nothing that climbs out
@@ -58,12 +59,48 @@ class DataConfig:
     data_dir: Optional[str] = None
     train_subset: Optional[int] = field(default=None, metadata=_meta(lo=10, doc="stratified training subset size"))
     test_subset: Optional[int] = field(default=None, metadata=_meta(lo=10, doc="stratified test subset size"))
+    val_size: int = field(default=0, metadata=_meta(
+        lo=0, doc="validation images held out of the TRAINING split (stratified, seeded by val_seed); "
+                  "0: none, the run trains on the whole training split"))
+    val_seed: int = field(default=0, metadata=_meta(
+        lo=0, hi=2**31 - 1, doc="seed of the validation split, apart from the run's seed so that runs with "
+                                "different seeds share one validation set"))
 
 
 @dataclass
 class ModelConfig:
     name: str = "qnn"
     quant: QuantConfig = field(default_factory=QuantConfig)
+
+
+ADV_METHODS = ["none", "fgsm_rs", "pgd", "trades"]
+
+
+@dataclass
+class AdversarialConfig:
+    """Adversarial training (train/adversarial.py): the step trains on L-inf perturbed inputs found
+    through the same quantized forward pass; eps and step sizes in pixel units /255."""
+
+    method: str = field(default="none", metadata=_meta(
+        choices=ADV_METHODS, doc="fgsm_rs: Wong et al. 2020; pgd: Madry et al. 2018; trades: Zhang et al. 2019"))
+    eps: float = field(default=8.0, metadata=_meta(lo=0.0, lo_open=True, hi=255.0, doc="L-inf radius, /255"))
+    steps: int = field(default=10, metadata=_meta(lo=1, hi=1000, doc="attack steps of pgd and trades"))
+    step_size: Optional[float] = field(default=None, metadata=_meta(
+        lo=0.0, lo_open=True, hi=255.0,
+        doc="/255; null: 1.25 eps for fgsm_rs (Wong et al.), 2.5 eps / steps for pgd and trades"))
+    beta: float = field(default=6.0, metadata=_meta(lo=0.0, hi=1e6, doc="TRADES weight of the KL term"))
+    check_n: int = field(default=500, metadata=_meta(
+        lo=0, hi=100000,
+        doc="images of the per-epoch PGD check (validation split, else a fixed training subset); 0: off"))
+    check_steps: int = field(default=10, metadata=_meta(lo=1, hi=1000, doc="PGD steps of the per-epoch check"))
+    early_stop_drop: Optional[float] = field(default=0.2, metadata=_meta(
+        lo=0.0, lo_open=True, hi=1.0,
+        doc="stop when the check's robust accuracy falls this far below its best (catastrophic overfitting); "
+            "null: never stop"))
+    keep: str = field(default="best_robust", metadata=_meta(
+        choices=["best_robust", "last"],
+        doc="weights that model.safetensors holds at the end: the epoch with the best check (Rice et al. 2020's "
+            "early stopping) or the last epoch; both are kept as files"))
 
 
 @dataclass
@@ -81,6 +118,10 @@ class TrainConfig:
     augment: Optional[bool] = field(default=None, metadata=_meta(doc="null: the dataset's default"))
     threads: int = field(default=2, metadata=_meta(lo=1, hi=512))
     max_batches_per_epoch: Optional[int] = field(default=None, metadata=_meta(lo=1, doc="cap for smoke tests"))
+    bn_reestimate_batches: int = field(default=0, metadata=_meta(
+        lo=0, hi=100000, doc="after training, recompute BatchNorm statistics over this many training batches "
+                             "with the final weights (train/bn_reestimate.py); 0: off"))
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
 
 @dataclass
@@ -164,9 +205,9 @@ def _check_scalar(path: str, value: Any, tp: Any, meta: dict) -> Any:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f"{path}: {_short(value)} is not allowed; choose one of: {', '.join(map(str, choices))}")
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if lo is not None and value < lo or hi is not None and value > hi:
-        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+    lo, hi, lo_open = meta.get("lo"), meta.get("hi"), meta.get("lo_open", False)
+    if lo is not None and (value < lo or lo_open and value == lo) or hi is not None and value > hi:
+        rng = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
         raise ConfigError(f"{path}: {_short(value)} is out of range; allowed {rng}")
     return value
 

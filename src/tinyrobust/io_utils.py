@@ -102,3 +102,14 @@ def check_writable(directory: str | os.PathLike, need_bytes: int = 50 * 2**20) -
         raise TinyRobustError(
             f"only {free / 2**20:.1f} MiB free on the disk of {d}; at least {need_bytes / 2**20:.0f} MiB needed"
         )
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (weights, exported models, dataset archives)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

@@ -4,7 +4,6 @@ Every later stage (eval, attack, export, footprint, report) starts from ``load_r
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
@@ -13,8 +12,7 @@ import torch
 
 from .config import RunConfig, config_to_dict, load_config
 from .errors import TinyRobustError
-from .train.checkpoint import load_weights
-from .train.loop import CONFIG_FILE, SUMMARY_FILE, WEIGHTS_FILE
+from .rundir import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_summary
 
 
 @dataclass
@@ -46,7 +44,4 @@ def load_run(run_dir: str | Path) -> LoadedRun:
                         mean=info.mean, std=info.std, quant=cfg.model.quant)
     load_weights(run_dir / WEIGHTS_FILE, model)
     model.eval()
-    summary = {}
-    if (run_dir / SUMMARY_FILE).is_file():
-        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-    return LoadedRun(run_dir, cfg, config_to_dict(cfg), model, info, summary)
+    return LoadedRun(run_dir, cfg, config_to_dict(cfg), model, info, read_summary(run_dir))

@@ -33,6 +33,9 @@ def add_parser(subparsers) -> str:
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default: 128)")
     p.add_argument("--onnx", metavar="FILE", help="attack this exported ONNX/QONNX file of the run instead of the "
                                                   "PyTorch model (black-box attacks only)")
+    p.add_argument("--target", choices=["frozen", "brevitas"], default="frozen",
+                   help="model the attacks query: frozen (default; the same logits as the trained Brevitas model, "
+                        "weights quantized once, faster) or brevitas (the reference path)")
     p.add_argument("--list", action="store_true", help="list attacks, threat models and defaults, then exit")
     return "attack"
 
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     results = attack_run(args.run_dir, args.attacks, parse_eps(args.eps), n=args.n, seed=args.seed,
                          data_dir=args.data_dir, out=args.out, surrogate_run=args.surrogate,
                          params=parse_overrides(args.overrides), eot_samples=args.eot, batch_size=args.batch_size,
-                         onnx_path=args.onnx, out_name="robustness_onnx.json" if args.onnx else "robustness.json")
+                         onnx_path=args.onnx, out_name="robustness_onnx.json" if args.onnx else "robustness.json",
+                         target=args.target)
     print(format_table(results))
     print(f"wrote {results['meta']['output']}")
     return 0

@@ -1,7 +1,8 @@
-"""Attack a trained run on a fixed, seeded test subset and write ``robustness.json``.
+"""Attack a trained run on a fixed, seeded test subset and write ``robustness.json`` (schema 2).
 
-The subset depends only on (dataset, n, seed), so every model evaluated with the same
-arguments is attacked on the same images and their numbers can be compared.
+The subset depends only on (dataset, n, seed) and is nested (the first k of n images are the
+k-image subset), so every model evaluated with the same seed is attacked on the same images,
+in the same order, and their per-image outcomes can be paired.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import importlib.metadata
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +19,47 @@ import torch
 from .. import __version__
 from ..errors import AttackError
 from ..io_utils import atomic_write_json, check_writable
-from .masking import PROBE_DEFAULTS
-from .registry import ATTACKS, ORDER, expand_attack_names, get_attack
+from .masking import CHECKS, PROBE_DEFAULTS
+from .registry import ATTACKS, ORDER, TRANSFER_PREFIX, expand_attack_names, get_attack, split_transfer
 from .runner import run_attacks, validate_eps
 from .target import Target
 
 DEFAULT_STOCHASTIC_EOT = 8  # EOT samples when the model declares stochastic inference
+SCHEMA = 2
+
+
+def file_sha256(path) -> str | None:
+    """sha256 of a file (the run's model.safetensors), None if it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _relative(path, base=None) -> str:
+    """``path`` relative to ``base`` (default: the working directory) when below it, never absolute."""
+    path = Path(os.path.abspath(path))
+    for root in ([Path(os.path.abspath(base))] if base is not None else []) + [Path.cwd()]:
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            continue
+    return path.name
+
+
+def dataset_source(source, data_root) -> str | None:
+    """The loaded dataset's source description with the data directory cut off (no absolute paths)."""
+    if not source:
+        return None
+    text = str(source)
+    root = str(Path(os.path.abspath(data_root)))
+    for prefix in (root + os.sep, root):
+        text = text.replace(prefix, "")
+    return text
 
 THREAT_MODELS = {
     "image": "L-inf in [0, 1] pixel space (normalisation is inside the model); eps in pixel units /255",
@@ -50,7 +87,9 @@ def _model_name(config: dict):
 
 def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=None, out=None, surrogate_run=None,
                params: dict | None = None, *, eot_samples: int | None = None, batch_size: int = 128,
-               progress: bool = True, onnx_path=None, out_name: str = "robustness.json") -> dict:
+               progress: bool = True, onnx_path=None, out_name: str = "robustness.json",
+               target: str = "frozen", surrogate_runs: dict | None = None, cascade: bool = False,
+               white_box_in_full: bool = True) -> dict:
     """Attack the model of ``run_dir``; ``attacks`` is a name list or a spec like ``"white,square"``.
 
     With ``onnx_path`` the target is the exported file (run through onnxruntime / the QONNX executor),
@@ -60,24 +99,39 @@ def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=Non
     Finished attacks are kept in ``<out>/robustness_parts/``: a run killed part-way and started again
     reuses them (same images, budgets, seed and parameters) instead of attacking again.
 
-    ``eot_samples=None`` uses 8 EOT samples for a model with ``stochastic=True`` and 1 otherwise.
-    Writes ``robustness.json`` atomically into ``out`` (default: the run dir) and returns it."""
+    ``surrogate_runs={key: run_dir}`` gives one ``transfer@KEY`` entry per surrogate (``surrogate_run``
+    is the single-surrogate shorthand, entry ``transfer``); a surrogate whose model.safetensors is the
+    target's (same sha256) is skipped and the reason recorded in ``skipped``. ``cascade=True`` runs
+    each attack only on the images every earlier one left correct (see :func:`run_attacks`).
+
+    ``eot_samples=None`` uses 8 EOT samples for a model that is stochastic (declared or measured) and 1
+    otherwise. Writes ``robustness.json`` atomically into ``out`` (default: the run dir) and returns it."""
     from ..data import load_dataset
-    from ..data.loader import stratified_subset, to_tensors
+    from ..data.loader import nested_stratified_order, to_tensors
+    from ..paths import data_dir as resolve_data_dir
     from ..runs import load_run
 
+    surrogate_runs = dict(surrogate_runs or {})
+    if surrogate_run is not None and surrogate_runs:
+        raise AttackError("give either surrogate_run (one surrogate) or surrogate_runs (several), not both")
+    have_surrogate = surrogate_run is not None or bool(surrogate_runs)
     if isinstance(attacks, str):
-        names = expand_attack_names(attacks, surrogate_available=surrogate_run is not None)
+        names = expand_attack_names(attacks, surrogate_available=have_surrogate)
         skipped = [a for a in expand_attack_names(attacks) if a not in names]
     else:
         names, skipped = list(attacks), []
+    if surrogate_runs:  # "transfer" -> one transfer@KEY per surrogate
+        expanded = []
+        for a in names:
+            expanded += [f"{TRANSFER_PREFIX}{k}" for k in surrogate_runs] if a == "transfer" else [a]
+        names = list(dict.fromkeys(expanded))
     budgets = validate_eps(eps)
     if n <= 0:
         raise AttackError(f"--n must be a positive number of test images; got {n}")
     run = load_run(run_dir)
     check_writable(Path(out) if out is not None else run.run_dir)  # fail now, not after the attacks
     if onnx_path is not None:
-        white = [a for a in names if get_attack(a).family == "white"]
+        white = [a for a in names if get_attack(a).family in ("white", "ensemble")]
         if white:
             raise AttackError(f"--onnx targets the exported file, which gives no gradients: white-box attacks "
                               f"{', '.join(white)} cannot run on it; use --attacks black (or square, hopskipjump, ...)")
@@ -86,48 +140,78 @@ def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=Non
         run.model = OnnxClassifierModule(onnx_path)
     dataset = run.config["data"]["dataset"]
     ds = load_dataset(dataset, "test", data_dir)
-    indices = np.asarray(stratified_subset(ds.y, min(n, len(ds.y)), seed))
+    indices = np.asarray(nested_stratified_order(ds.y, min(n, len(ds.y)), seed))
     x_t, y_t = to_tensors(ds, indices)
     x, y = x_t.numpy().astype(np.float32, copy=False), y_t.numpy().astype(np.int64, copy=False)
     info = run.dataset_info
     _check_match(x, y, info, run.model, dataset, f"the model in {run.run_dir}")
 
-    surrogate = None
-    if surrogate_run is not None:
-        sur = load_run(surrogate_run)
+    model_sha = file_sha256(Path(run.run_dir) / "model.safetensors")
+    wanted = {split_transfer(a)[1] or "transfer": a for a in names if get_attack(a).needs_surrogate}
+    sur_dirs = surrogate_runs or ({"transfer": surrogate_run} if surrogate_run is not None else {})
+    surrogates, pre_skipped, sur_meta = {}, {}, {}
+    for key, sdir in sur_dirs.items():
+        if key not in wanted:
+            continue
+        sha = file_sha256(Path(sdir) / "model.safetensors")
+        sur_meta[key] = {"run": _relative(sdir), "sha256": sha}
+        if sha is not None and sha == model_sha:
+            pre_skipped[wanted[key]] = (f"surrogate {key!r} is the target itself (same model.safetensors sha256 "
+                                        f"{sha[:12]}): a transfer from itself would be a white-box attack")
+            continue
+        sur = load_run(sdir)
         if sur.config["data"]["dataset"] != dataset:
             raise AttackError(f"surrogate run {sur.run_dir} was trained on {sur.config['data']['dataset']!r}, "
                               f"the target on {dataset!r}; use a surrogate trained on {dataset!r}")
         _check_match(x, y, sur.dataset_info, sur.model, dataset, f"the surrogate in {sur.run_dir}")
-        surrogate = sur.model
+        surrogates[key] = sur.model
+    surrogate = surrogates.pop("transfer", None) if surrogate_run is not None else None
 
-    stochastic = bool(getattr(run.model, "stochastic", False))
-    eot = eot_samples if eot_samples is not None else (DEFAULT_STOCHASTIC_EOT if stochastic else 1)
-    results = run_attacks(run.model, x, y, names, budgets, seed=seed, surrogate=surrogate, params=params,
+    eot = eot_samples if eot_samples is not None else DEFAULT_STOCHASTIC_EOT  # used only if the model is random
+    from .target import attack_model  # "frozen" (default) or "brevitas": same logits, see models/freeze.py
+    attacked = run.model if onnx_path is not None else attack_model(run.model, target)
+    results = run_attacks(attacked, x, y, names, budgets, seed=seed, surrogate=surrogate,
+                          surrogates=surrogates or None, skipped=pre_skipped, cascade=cascade,
+                          white_box_in_full=white_box_in_full, params=params,
+                          model_id=file_sha256(onnx_path) if onnx_path is not None else model_sha,
                           eot_samples=eot, batch_size=batch_size, progress=progress,
                           resume_dir=Path(out if out is not None else run.run_dir) / (
                               "robustness_parts" if onnx_path is None else "robustness_parts_onnx"),
                           masking_checks=onnx_path is None)
     results["notes"] += [f"{a} attack skipped: it needs a --surrogate run" for a in skipped]
+    for a in skipped:
+        results["skipped"].setdefault(a, "it needs a surrogate run (--surrogate), none was given")
 
     path = Path(out) if out is not None else Path(run.run_dir)
     path = path / out_name
     meta = {
-        "run_dir": str(run.run_dir), "model": _model_name(run.config), "dataset": dataset,
-        "dataset_source": getattr(info, "source", None), "data_kind": info.kind,
+        "run_dir": _relative(run.run_dir), "model": _model_name(run.config), "dataset": dataset,
+        "model_sha256": model_sha,
+        "dataset_source": dataset_source(getattr(ds, "source", None), resolve_data_dir(data_dir)),
+        "data_kind": info.kind,
         "threat_model": THREAT_MODELS.get(info.kind, THREAT_MODELS["image"]),
-        "subset": {"split": "test", "n": len(indices), "seed": seed,
+        "subset": {"split": "test", "n": len(indices), "seed": seed, "order": "nested stratified",
+                   "indices": [int(i) for i in indices],
                    "indices_sha1": hashlib.sha1(np.sort(indices).astype(np.int64).tobytes()).hexdigest()[:16]},
-        "surrogate_run": str(surrogate_run) if surrogate_run is not None else None,
-        "target": f"exported file {onnx_path}" if onnx_path is not None else "PyTorch model of the run",
-        "output": str(path),
+        "surrogate_run": _relative(surrogate_run) if surrogate_run is not None else None,
+        "surrogates": sur_meta,
+        "target": f"exported file {onnx_path}" if onnx_path is not None else f"PyTorch model of the run ({target})",
+        "output": _relative(path),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"tinyrobust": __version__, "torch": torch.__version__,
-                     "art": importlib.metadata.version("adversarial-robustness-toolbox")},
+                     "art": importlib.metadata.version("adversarial-robustness-toolbox"),
+                     "torchattacks": _version("torchattacks")},
     }
-    results = {"meta": meta, **results}
+    results = {"schema": SCHEMA, "meta": meta, **results}
     atomic_write_json(path, results)
     return results
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _fmt(v) -> str:
@@ -135,18 +219,25 @@ def _fmt(v) -> str:
 
 
 def format_table(results: dict) -> str:
-    """Clean accuracy, the attack x eps grid of robust accuracy (%), then the masking verdicts."""
+    """Clean accuracy, the attack x eps grid of robust accuracy (%), the per-image worst case with its
+    Wilson 95% interval, skipped attacks (n/a), then the masking verdicts."""
     eps = results["eps"]
     keys = [f"{e:g}" for e in eps]
     meta = results.get("meta", {})
+    cascade = results.get("cascade")
     lines = []
     if meta:
         lines.append(f"{meta.get('model')} on {meta.get('dataset')} ({meta.get('threat_model')})")
     lines.append(f"clean accuracy {_fmt(results['clean_accuracy'])}% (n={results['n']}, seed {results['seed']}"
                  + (f", EOT {results['eot_samples']} samples" if results.get("stochastic") else "") + ")")
-    head = (f"{'attack':<13}{'family':<7}" + "".join(f"{k + '/255':>9}" for k in keys)
+    w = max([20] + [len(a) + 2 for a in (*results["attacks"], *(results.get("skipped") or {}))])
+    head = (f"{'attack':<{w}}{'family':<9}" + "".join(f"{k + '/255':>9}" for k in keys)
             + f"{'queries/img':>13}{'time s':>9}")
-    lines += ["robust accuracy (%) at L-inf eps", head, "-" * len(head)]
+    title = "robust accuracy (%) at L-inf eps"
+    if cascade:
+        title += (" (cascade: each attack on the survivors of the ones above, leading white-box attacks on all;"
+                  " a row is the accuracy after it)")
+    lines += [title, head, "-" * len(head)]
     footnotes = []
     for name, a in results["attacks"].items():
         accs = "".join(f"{_fmt(a['results'][k]['robust_accuracy']):>9}" for k in keys)
@@ -159,13 +250,26 @@ def format_table(results: dict) -> str:
                              f"median L2 of successes {l2}")
         else:
             per = [a["results"][k].get("queries_per_image") for k in keys]
-            q = None if per[0] is None else float(np.mean(per))
-            t, label = sum(a["results"][k]["wall_time_s"] for k in keys), name
+            per = [v for v in per if v is not None]
+            q = float(np.mean(per)) if per else None
+            t, label = sum(a["results"][k].get("wall_time_s", 0.0) for k in keys), name
         qs = "-" if q is None else f"{q:.0f}"
-        lines.append(f"{label:<13}{a['family']:<7}{accs}{qs:>13}{t:>9.1f}")
-    if results.get("worst_case"):
-        lines.append(f"{'worst case':<20}" + "".join(f"{_fmt(results['worst_case'][k]['robust_accuracy']):>9}"
-                                                   for k in keys))
+        lines.append(f"{label:<{w}}{a['family']:<9}{accs}{qs:>13}{t:>9.1f}")
+    for name, reason in (results.get("skipped") or {}).items():
+        lines.append(f"{name:<{w}}{'':<9}" + "".join(f"{'n/a':>9}" for _ in keys) + f"   skipped: {reason}")
+    worst = results.get("worst_case") or {}
+    if worst:
+        lines.append(f"{'worst case':<{w + 9}}" + "".join(
+            f"{_fmt(worst[k]['robust_accuracy']) if k in worst else '-':>9}"
+                                                    for k in keys))
+        if all("ci95" in worst.get(k, {}) for k in keys):
+            cis = [worst[k]["ci95"] for k in keys]
+            lines.append(f"{'  95% CI (Wilson)':<{w + 9}}" + "".join(f"{f'{100 * lo:.0f}-{100 * hi:.0f}':>9}"
+                                                                 for lo, hi in cis))
+    winner = results.get("white_box_winner") or {}
+    if winner:
+        lines.append("strongest white-box attack: " + ", ".join(f"{k}/255 {winner[k]['attack']}" for k in keys
+                                                                 if k in winner))
     if footnotes:
         lines.append("* minimum-norm attack, counted at eps only if misclassified and L-inf distance <= eps")
         lines += footnotes
@@ -186,8 +290,11 @@ def list_attacks() -> str:
     for name in ORDER:
         spec = ATTACKS.get(name)
         defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or "none"
-        lines += [f"{name:<12} {spec.family}-box  {spec.describe()}", f"{'':<12} defaults: {defaults}"]
+        lines += [f"{name:<12} {spec.family}  {spec.describe()}",
+                  f"{'':<12} implementation: {spec.source}; defaults: {defaults}"]
     probes = ", ".join(f"{k}={v}" for k, v in PROBE_DEFAULTS.items())
-    lines += [f"{'masking':<12} gradient-masking probes (extra PGD runs), defaults: {probes}",
-              "families: white, black, all; override a default with --set ATTACK.KEY=VALUE"]
+    lines += [f"{'transfer@KEY':<12} one transfer entry per surrogate run (attack_run(surrogate_runs={{KEY: RUN}}))",
+              f"{'masking':<12} gradient-masking probes (extra PGD runs) and checks, defaults: {probes}",
+              f"{'':<12} checks: {', '.join(CHECKS)} (select with --set masking.checks=NAME,NAME)",
+              "families: white, black, ensemble, all; override a default with --set ATTACK.KEY=VALUE"]
     return "\n".join(lines)

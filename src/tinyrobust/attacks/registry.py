@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ..errors import AttackError
 from ..registry import Registry
 
-FAMILIES = ("white", "black")
+FAMILIES = ("white", "black", "ensemble")  # ensemble: mixes white- and black-box stages (AutoAttack)
 
 MIN_NORM_RULE = "scored at each eps as broken only if misclassified AND L-inf distance <= eps (+1e-6)"
 
@@ -26,13 +26,14 @@ MIN_NORM_RULE = "scored at each eps as broken only if misclassified AND L-inf di
 @dataclass(frozen=True)
 class AttackSpec:
     name: str
-    family: str  # "white" | "black"
+    family: str  # "white" | "black" | "ensemble"
     threat_model: str
     norm: str  # the norm the attack itself optimises: "inf" | "2"
     uses_eps: bool
     defaults: dict[str, Any]
     build: Callable[..., Any]
     needs_surrogate: bool = False  # crafted on a surrogate model, evaluated on the target
+    source: str = "tinyrobust (attacks/torch_attacks.py)"  # where the implementation comes from
 
     def describe(self, params: dict[str, Any] | None = None) -> str:
         """The threat model with the budget actually used (``{key}`` fields filled from params)."""
@@ -63,10 +64,22 @@ def _build_pgd(t, eps, p):
     )
 
 
-def _build_autoattack(t, eps, p):
+def _build_apgd(t, eps, p):
     from .torch_attacks import AutoAttackAPGD
 
     return AutoAttackAPGD(t, eps, steps=p["steps"], restarts=p["restarts"])
+
+
+def _build_autoattack(t, eps, p):
+    from .autoattack import StandardAutoAttack
+
+    return StandardAutoAttack(t, eps, **p)
+
+
+def _build_bpda(t, eps, p):
+    from .bpda import BPDA
+
+    return BPDA(t, eps, **p)
 
 
 def _build_square(t, eps, p):
@@ -101,15 +114,29 @@ _PGD_DEFAULTS = {"steps": 20, "step_scale": 2.5, "random_starts": 1}
 # Threat models hold {key} fields that AttackSpec.describe fills with the budget actually used.
 _SPECS = (
     AttackSpec("fgsm", "white", "L-inf, eps per run, one signed-gradient step, no random start (ART)",
-               "inf", True, {}, _build_fgsm),
+               "inf", True, {}, _build_fgsm, source="ART (adversarial-robustness-toolbox)"),
     AttackSpec("pgd", "white",
                "L-inf, eps per run, {steps} steps of {step_scale}*eps/steps, {random_starts} random start(s) (ART)",
-               "inf", True, dict(_PGD_DEFAULTS), _build_pgd),
-    AttackSpec("autoattack", "white",
+               "inf", True, dict(_PGD_DEFAULTS), _build_pgd, source="ART (adversarial-robustness-toolbox)"),
+    AttackSpec("apgd", "white",
                "L-inf, eps per run: APGD-CE then APGD-DLR on survivors, {steps} steps each, {restarts} random "
-               "start(s); broken if any iterate is misclassified (AutoAttack's white-box part; worst_case adds "
-               "square)",
-               "inf", True, {"steps": 100, "restarts": 1}, _build_autoattack),
+               "start(s); broken if any iterate is misclassified (tinyrobust's APGD, Croce & Hein 2020)",
+               "inf", True, {"steps": 100, "restarts": 1}, _build_apgd),
+    AttackSpec("bpda", "white",
+               "L-inf, eps per run: adaptive attack for quantized models (BPDA, Athalye et al. 2018): APGD-CE "
+               "then APGD-DLR, {steps} steps each, forward through the real model, gradients through a copy "
+               "whose activation quantizers are replaced by a smooth stand-in ({surrogate}: 'soft' staircase "
+               "with temperature {temperature}, or 'float' clipped ReLU); on a float model it is plain APGD "
+               "(tinyrobust)",
+               "inf", True, {"steps": 100, "restarts": 1, "surrogate": "soft", "temperature": 4.0}, _build_bpda,
+               source="tinyrobust (attacks/bpda.py)"),
+    AttackSpec("autoattack", "ensemble",
+               "L-inf, eps per run: standard AutoAttack (Croce & Hein 2020, version 'standard'): APGD-CE, "
+               "APGD-T ({n_target_classes} targets), FAB-T ({n_target_classes} targets), Square "
+               "({square_queries} queries), each on the survivors of the previous one; {steps} steps per "
+               "gradient attack (torchattacks 3.5.1 implementation behind tinyrobust's Target)",
+               "inf", True, {"steps": 100, "n_target_classes": 9, "square_queries": 5000}, _build_autoattack,
+               source="torchattacks 3.5.1 (APGD, APGDT, FAB, Square) via attacks/autoattack.py"),
     AttackSpec("cw", "white",
                "Carlini-Wagner L2 minimum-norm, unbounded, {binary_search_steps} binary-search x {steps} Adam "
                "steps; " + MIN_NORM_RULE + "; also reports accuracy after the unbounded attack and median L2",
@@ -122,32 +149,45 @@ _SPECS = (
                "L-inf minimum-norm, decision-based, {max_iter} iterations of <= {max_eval} queries (ART); "
                + MIN_NORM_RULE,
                "inf", False, {"max_iter": 5, "max_eval": 500, "init_eval": 50, "init_size": 100},
-               _build_hopskipjump),
+               _build_hopskipjump, source="ART (adversarial-robustness-toolbox)"),
     AttackSpec("boundary", "black",
                "L2 minimum-norm, decision-based, {max_iter} iterations x {num_trial} trials (ART); " + MIN_NORM_RULE,
                "2", False, {"max_iter": 25, "num_trial": 10, "sample_size": 10, "init_size": 100},
-               _build_boundary),
+               _build_boundary, source="ART (adversarial-robustness-toolbox)"),
     AttackSpec("zoo", "black",
                "L2 minimum-norm, score-based coordinate descent, {max_iter} iterations x {nb_parallel} "
                "coordinates (ART); weak at small budgets, a sanity check only; " + MIN_NORM_RULE,
                "2", False,
                {"max_iter": 10, "binary_search_steps": 1, "nb_parallel": 128, "learning_rate": 0.1,
                 "initial_const": 1.0},
-               _build_zoo),
+               _build_zoo, source="ART (adversarial-robustness-toolbox)"),
     AttackSpec("transfer", "black",
-               "L-inf, eps per run: PGD ({steps} steps, {random_starts} random start(s)) crafted on a separately "
-               "trained surrogate model, evaluated on the target (one query per image)",
-               "inf", True, dict(_PGD_DEFAULTS), _build_pgd, needs_surrogate=True),
+               "L-inf, eps per run: PGD ({steps} steps, {random_starts} random start(s), ART) crafted on a "
+               "separately trained surrogate model, evaluated on the target (one query per image); with several "
+               "surrogates one entry transfer@<key> per surrogate",
+               "inf", True, dict(_PGD_DEFAULTS), _build_pgd, needs_surrogate=True,
+               source="ART (adversarial-robustness-toolbox) PGD on the surrogate"),
 )
 for _spec in _SPECS:
     _register(_spec)
 ORDER = [s.name for s in _SPECS]  # presentation order: cheap white-box first, then black-box
 
+TRANSFER_PREFIX = "transfer@"
+
+
+def split_transfer(name: str) -> tuple[str, str | None]:
+    """``"transfer@qnn_float"`` -> ``("transfer", "qnn_float")``; other names -> ``(name, None)``."""
+    if name.startswith(TRANSFER_PREFIX) and len(name) > len(TRANSFER_PREFIX):
+        return "transfer", name[len(TRANSFER_PREFIX):]
+    return name, None
+
 
 def get_attack(name: str) -> AttackSpec:
-    if name not in ATTACKS:
+    """The spec of ``name``; ``transfer@KEY`` (one transfer entry per surrogate) maps to ``transfer``."""
+    base, _ = split_transfer(name)
+    if base not in ATTACKS:
         raise AttackError(f"unknown attack {name!r}; {_choices()}")
-    return ATTACKS.get(name)
+    return ATTACKS.get(base)
 
 
 def family_members(family: str, *, surrogate_available: bool = True) -> list[str]:
@@ -167,7 +207,8 @@ def expand_attack_names(spec: str, *, surrogate_available: bool = True) -> list[
         if part in FAMILIES or part == "all":
             names.extend(family_members(part, surrogate_available=surrogate_available))
         else:
-            names.append(get_attack(part).name)
+            get_attack(part)
+            names.append(part)
     if not names:
         raise AttackError(f"no attack given; {_choices()}")
     return list(dict.fromkeys(names))

@@ -2,7 +2,9 @@
 
 Only clean-correct images are attacked (the others already count as errors). Every
 (attack, eps) pair is an independent, seeded run: robust accuracy is *not* forced to be
-monotone in eps, so a rise with eps stays visible to the gradient-masking checks.
+monotone in eps, so a rise with eps stays visible to the gradient-masking checks. Per image
+and eps every attack records '1' survived / '0' broken or clean-wrong / '.' not attacked
+(broken earlier in the cascade); the worst case is the per-image AND over the attacks.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from ..errors import AttackError
 from ..io_utils import atomic_write_json
 from . import masking
-from .registry import AttackSpec, get_attack
+from .registry import TRANSFER_PREFIX, AttackSpec, get_attack, split_transfer
 from .target import Target
 
 EPS_UNITS = "pixel/255"
@@ -73,6 +75,7 @@ def resolve_params(names: list[str], params: dict | None) -> dict[str, dict]:
     """Defaults of each attack (and of the masking probes) updated by ``params``; unknown keys fail."""
     params = params or {}
     known = list(names) + ["masking"]
+    params = {split_transfer(k)[0]: v for k, v in params.items()}
     for name in params:
         if name not in known:
             raise AttackError(f"--set given for {name!r}, which is not being run; attacks run: {', '.join(known)}")
@@ -130,7 +133,7 @@ def _stats(n: int, n_correct: int, broken: np.ndarray, linf: np.ndarray, l2: np.
 def _generate(spec: AttackSpec, attacker: Target, target: Target, x: np.ndarray, y: np.ndarray,
               eps: float | None, params: dict) -> tuple[np.ndarray, int, float]:
     """Adversarials (projected onto the threat model), target queries used, seconds."""
-    if len(x) == 0:  # nothing was classified correctly: nothing to attack
+    if len(x) == 0:  # nothing left to attack
         return x.copy(), 0, 0.0
     try:
         attack = spec.build(attacker, eps, params)
@@ -146,180 +149,383 @@ def _generate(spec: AttackSpec, attacker: Target, target: Target, x: np.ndarray,
 
 
 def _query_stats(spec: AttackSpec, queries: int, n_attacked: int) -> dict:
-    if spec.family != "black":
+    if spec.family == "white":
         return {}
     return {"queries": queries, "queries_per_image": queries / n_attacked if n_attacked else None}
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes, bytes): changes whenever a weight does."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def outcome_string(robust: np.ndarray, attacked: np.ndarray) -> str:
+    """Per image: '1' survived, '0' broken (or clean-wrong), '.' not attacked (broken earlier)."""
+    return "".join("1" if r else ("0" if a else ".") for r, a in zip(robust, attacked))
+
+
+def _wilson(k: int, n: int) -> list[float]:
+    from ..report.stats import wilson
+
+    return [round(v, 6) for v in wilson(k, n)]
+
+
+def _resolve_transfers(names: list[str], surrogate, surrogates: dict | None) -> tuple[list[str], dict]:
+    """Attack names with ``transfer`` expanded to ``transfer@KEY`` per surrogate; {key: module}."""
+    pool = dict(surrogates or {})
+    if surrogate is not None:
+        pool.setdefault("transfer", surrogate)
+    out: list[str] = []
+    for name in names:
+        base, key = split_transfer(name)
+        if base != "transfer":
+            out.append(name)
+        elif key is not None:
+            if key not in pool:
+                raise AttackError(f"attack {name!r} needs a surrogate named {key!r}; surrogates given: "
+                                  f"{', '.join(pool) or 'none'}")
+            out.append(name)
+        elif surrogate is not None:
+            out.append("transfer")
+        elif pool:
+            out += [f"{TRANSFER_PREFIX}{k}" for k in pool]
+        else:
+            raise AttackError("the transfer attack needs a surrogate: pass --surrogate RUN_DIR, a separately "
+                              "trained (float) run on the same dataset; crafting on the target would be white-box")
+    # Transfers last: a model cannot face a transfer from itself, so the common attack set of
+    # several models is a prefix of the cascade (OWNERS.md item 3).
+    is_transfer = [split_transfer(a)[0] == "transfer" for a in out]
+    out = [a for a, t in zip(out, is_transfer) if not t] + [a for a, t in zip(out, is_transfer) if t]
+    return list(dict.fromkeys(out)), pool
+
+
+def _surrogate_key(name: str) -> str:
+    return split_transfer(name)[1] or "transfer"
+
+
 def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: list[str], eps: list[float], *,
-                seed: int = 0, surrogate: torch.nn.Module | None = None, params: dict | None = None,
-                eot_samples: int = 1, batch_size: int = 128, progress: bool = True,
-                masking_checks: bool = True, resume_dir: str | Path | None = None) -> dict:
+                seed: int = 0, surrogate: torch.nn.Module | None = None,
+                surrogates: dict[str, torch.nn.Module] | None = None, params: dict | None = None,
+                eot_samples: int | None = 1, batch_size: int = 128, progress: bool = True,
+                masking_checks: bool = True, resume_dir: str | Path | None = None, cascade: bool = False,
+                white_box_in_full: bool = True, skipped: dict[str, str] | None = None,
+                model_id: str | None = None) -> dict:
     """Attack ``model`` on ``x`` (float32 NCHW in [0, 1]) / ``y`` (int labels).
 
     ``eps`` is in pixel units /255. ``params`` overrides defaults per attack, e.g.
-    ``{"pgd": {"steps": 50}, "masking": {"large_eps": 128}}``. With ``model.stochastic`` set,
-    gradients are averaged over ``eot_samples`` passes (EOT). ``masking_checks`` runs the extra
-    PGD probes and the gradient-masking checks of :mod:`.masking`. With ``resume_dir``, each
-    finished attack (and the probes) is saved there and reused by a later call with the same images,
-    budgets, seed and parameters, so a killed evaluation does not redo finished attacks.
+    ``{"pgd": {"steps": 50}, "masking": {"large_eps": 128}}``. Randomness is measured (same input
+    twice); a random (or ``stochastic``-declared) model gets gradients averaged over ``eot_samples``
+    passes (EOT; ``None``: 8). ``surrogates`` ``{key: model}`` gives one ``transfer@KEY`` entry each
+    (``surrogate`` is the single-surrogate shorthand, entry ``transfer``); a surrogate with the
+    target's weights is skipped and recorded in ``skipped`` (which the caller may pre-fill with
+    ``{attack: reason}`` for attacks it already knows cannot run).
+
+    ``cascade=False``: every attack runs on all clean-correct images. ``cascade=True`` (AutoAttack's
+    rule): per eps, each attack runs only on the images every earlier attack left correct; the
+    minimum-norm attacks (run once, unbounded) run on the images that survived the earlier attacks at
+    one eps or more and are scored at each eps on that eps's survivors. Transfers run last. With
+    ``white_box_in_full`` (default) the white-box attacks at the head of the order each run on all
+    clean-correct images (so ``white_box_winner`` compares them on the same images, and the per-image
+    masking check sees every white-box break); the cascade starts after them. ``model_id`` (e.g. the
+    sha256 of the exported file an ONNX target runs) joins the resume key next to the weights' hash.
+
+    ``masking_checks`` runs the probes and checks of :mod:`.masking`. With ``resume_dir``, each
+    finished attack is saved and reused by a later call with the same images, budgets, seed,
+    parameters, model weights, surrogate weights and (under cascade) the same survivors.
     """
     t_start = time.perf_counter()
-    specs = [get_attack(a) for a in dict.fromkeys(attacks)]
-    if not specs:
+    if not list(attacks):
         raise AttackError("no attack given")
+    for a in attacks:
+        get_attack(a)
+    pre_skipped = dict(skipped or {})
+    names, pool = _resolve_transfers([a for a in dict.fromkeys(attacks) if a not in pre_skipped], surrogate,
+                                     surrogates)
+    specs = {a: get_attack(a) for a in names}
     budgets = validate_eps(eps)
     if batch_size < 1:
         raise AttackError(f"batch size must be >= 1; got {batch_size}")
-    resolved = resolve_params([s.name for s in specs], params)
+    resolved = resolve_params(list(dict.fromkeys(s.name for s in specs.values())), params)
+    check_names = masking.resolve_checks(resolved["masking"]["checks"])
     _check_inputs(x, y)
     x, y = x.astype(np.float32, copy=False), np.asarray(y, dtype=np.int64)
-    if any(s.needs_surrogate for s in specs):
-        if surrogate is None:
-            raise AttackError("the transfer attack needs a surrogate: pass --surrogate RUN_DIR, a separately "
-                              "trained (float) run on the same dataset; crafting on the target would be white-box")
-        if surrogate is model:
-            raise AttackError("the transfer surrogate must be a different model than the target")
 
-    stochastic = bool(getattr(model, "stochastic", False))
-    eot = max(1, int(eot_samples)) if stochastic else 1
+    model_sha = weights_sha256(model)
+    random_outputs = masking.measure_randomness(model, x[:32])
+    stochastic = bool(getattr(model, "stochastic", False)) or random_outputs
+    eot = (max(1, int(eot_samples)) if eot_samples is not None else 8) if stochastic else 1
     target = Target(model, x.shape[1:], eot_samples=eot, batch_size=batch_size)
-    surrogate_target = None
-    if surrogate is not None and any(s.needs_surrogate for s in specs):
-        surrogate_target = Target(surrogate, x.shape[1:], batch_size=batch_size)
-        if surrogate_target.num_classes != target.num_classes:
-            raise AttackError(f"the surrogate has {surrogate_target.num_classes} classes, the target "
-                              f"{target.num_classes}: train it on the same dataset")
+
+    skipped = pre_skipped
+    sur_targets: dict[str, Target] = {}
+    sur_sha: dict[str, str] = {}
+    for a in names:
+        if specs[a].needs_surrogate:
+            key = _surrogate_key(a)
+            module = pool[key]
+            sha = weights_sha256(module)
+            if module is model or sha == model_sha:
+                skipped[a] = (f"surrogate {key!r} has the target's own weights (sha256 {sha[:12]}): a transfer "
+                              "from itself would be a white-box attack")
+                continue
+            t = Target(module, x.shape[1:], batch_size=batch_size)
+            if t.num_classes != target.num_classes:
+                raise AttackError(f"the surrogate {key!r} has {t.num_classes} classes, the target "
+                                  f"{target.num_classes}: train it on the same dataset")
+            sur_targets[a], sur_sha[key] = t, sha
+    run_names = [a for a in names if a not in skipped]
 
     n = len(x)
     correct = target.predict(x) == y
-    xs, ys = x[correct], y[correct]
     n_correct = int(correct.sum())
     results: dict[str, Any] = {
         "n": n, "clean_accuracy": n_correct / n, "n_clean_correct": n_correct,
+        "clean_correct": "".join("1" if c else "0" for c in correct),
         "eps": budgets, "eps_units": EPS_UNITS, "norm_units": NORM_UNITS, "seed": seed,
-        "stochastic": stochastic, "eot_samples": eot, "attacks": {}, "notes": [],
+        "stochastic": stochastic, "randomness_measured": random_outputs, "eot_samples": eot,
+        "model_sha256_weights": model_sha, "surrogate_sha256_weights": sur_sha,
+        "cascade": run_names if cascade else None, "attack_order": run_names, "skipped": skipped,
+        "white_box_in_full": bool(cascade and white_box_in_full),
+        "attacks": {}, "notes": [],
     }
     if stochastic and eot == 1:
         results["notes"].append("model is stochastic but eot_samples=1: gradients are single-sample (weak)")
+    if random_outputs and not getattr(model, "stochastic", False):
+        results["notes"].append(f"model outputs differ for the same input (measured): attacked with EOT {eot}")
 
     probe_cfg = resolved["masking"]
     if masking_checks:
-        validate_eps([probe_cfg["large_eps"], probe_cfg["steps_eps"]])
-    jobs = sum(len(budgets) if s.uses_eps else 1 for s in specs) + (2 if masking_checks else 0)
+        validate_eps([probe_cfg["large_eps"], *masking.steps_eps_candidates(probe_cfg, budgets)])
+    jobs = sum(len(budgets) if specs[a].uses_eps else 1 for a in run_names) + (2 if masking_checks else 0)
     bar = tqdm(total=jobs, desc="attacks", file=sys.stderr, disable=not progress, unit="run")
-    robust_masks: dict[str, dict[str, np.ndarray]] = {}  # eps key -> attack -> robust among clean-correct
-    store = _ResumeStore(resume_dir, xs, ys, budgets, seed, eot)
-    for spec in specs:
-        p = resolved[spec.name]
-        saved = store.load(spec.name, p)
+    # alive[eps]: clean-correct images no earlier attack broke at eps (all clean-correct without cascade).
+    alive = {eps_key(e): correct.copy() for e in budgets}
+    everything = {k: v.copy() for k, v in alive.items()}
+    lead_white = set()
+    for name in run_names:  # the white-box attacks at the head of the order
+        if specs[name].family != "white":
+            break
+        lead_white.add(name)
+    if not (cascade and white_box_in_full):
+        lead_white = set()
+    robust: dict[str, dict[str, np.ndarray]] = {}  # eps key -> attack -> survived (False where not attacked)
+    store = _ResumeStore(resume_dir, x, y, budgets, seed, eot,
+                         model_sha if model_id is None else f"{model_sha}:{model_id}")
+    for name in run_names:
+        spec, p = specs[name], resolved[specs[name].name]
+        extra = {"attack": name, "cascade": cascade}
+        if spec.needs_surrogate:
+            extra["surrogate_sha256"] = sur_sha[_surrogate_key(name)]
+        candidates = everything if name in lead_white else alive
+        if cascade:
+            extra["alive_sha1"] = hashlib.sha1("".join(
+                "".join("1" if v else "0" for v in candidates[k]) for k in sorted(candidates)).encode()).hexdigest()
+        saved = store.load(name, p, extra)
         if saved is not None:
-            results["attacks"][spec.name], masks = saved
-            for k, m in masks.items():
-                robust_masks.setdefault(k, {})[spec.name] = m
-            bar.update(len(budgets) if spec.uses_eps else 1)
-            continue
-        attacker = surrogate_target if spec.needs_surrogate else target
-        entry: dict[str, Any] = {"family": spec.family, "threat_model": spec.describe(p), "norm": spec.norm,
-                                 "params": p, "results": {}}
-        if spec.uses_eps:
-            for e in budgets:
-                bar.set_postfix_str(f"{spec.name} eps={e:g}")
-                _seed(seed, spec.name, e)
-                x_adv, queries, seconds = _generate(spec, attacker, target, xs, ys, e / 255, p)
-                broken = target.predict(x_adv) != ys
-                stats = _stats(n, n_correct, broken, *_norms(xs, x_adv))
-                entry["results"][eps_key(e)] = {**stats, **_query_stats(spec, queries, n_correct),
-                                                "wall_time_s": round(seconds, 3)}
-                robust_masks.setdefault(eps_key(e), {})[spec.name] = ~broken
-                bar.update()
+            entry, masks = saved
         else:
-            bar.set_postfix_str(spec.name)
-            _seed(seed, spec.name)
-            x_adv, queries, seconds = _generate(spec, attacker, target, xs, ys, None, p)
-            success = target.predict(x_adv) != ys
-            linf, l2 = _norms(xs, x_adv)
-            entry["unbounded"] = {**_stats(n, n_correct, success, linf, l2),
-                                  **_query_stats(spec, queries, n_correct), "wall_time_s": round(seconds, 3)}
-            entry["unbounded"]["accuracy_after_attack"] = entry["unbounded"].pop("robust_accuracy")
-            for e in budgets:
-                broken = success & (linf <= e / 255 + MIN_NORM_SLACK)
-                entry["results"][eps_key(e)] = _stats(n, n_correct, broken, linf, l2)
-                robust_masks.setdefault(eps_key(e), {})[spec.name] = ~broken
-            bar.update()
-        results["attacks"][spec.name] = entry
-        store.save(spec.name, p, entry, {k: m[spec.name] for k, m in robust_masks.items() if spec.name in m})
+            entry, masks = _run_one(name, spec, p, target, sur_targets.get(name, target), x, y, budgets,
+                                    candidates, correct, seed, bar)
+            store.save(name, p, extra, entry, masks)
+        bar.update(0 if saved is None else (len(budgets) if spec.uses_eps else 1))
+        if spec.needs_surrogate:
+            entry["surrogate"] = _surrogate_key(name)
+            entry["surrogate_sha256_weights"] = sur_sha[_surrogate_key(name)]
+        results["attacks"][name] = entry
+        for k, m in masks.items():
+            robust.setdefault(k, {})[name] = m
+            if cascade:
+                alive[k] = alive[k] & m
 
-    # Per image: robust at eps only if it survived every attack (AutoAttack's ensemble rule).
-    results["worst_case"] = {
-        k: {"robust_accuracy": int(np.logical_and.reduce(list(m.values())).sum()) / n,
-            "best_single_attack": min(m, key=lambda a: results["attacks"][a]["results"][k]["robust_accuracy"])}
-        for k, m in robust_masks.items()
-    }
+    results["worst_case"] = _worst_case(results, robust, correct, budgets)
+    results["white_box_winner"] = _white_box_winner(results, budgets, n_correct)
 
     if masking_checks:
-        probes = store.load("_masking_probes", probe_cfg)
+        probes = store.load("_masking_probes", probe_cfg, {"budgets": budgets})
         if probes is None:
-            probes = _masking_probes(target, xs, ys, n, probe_cfg, seed, bar)
-            store.save("_masking_probes", probe_cfg, probes, {})
+            probes = _masking_probes(target, x[correct], y[correct], n, probe_cfg, seed, bar, budgets)
+            store.save("_masking_probes", probe_cfg, {"budgets": budgets}, probes, {})
         else:
             probes = probes[0]
             bar.update(2)
+        probes["randomness"] = {"random_outputs": random_outputs, "images": int(min(32, n))}
+        probes.update(masking.gradient_probes(target, x[correct], y[correct], int(probe_cfg["gradient_images"])))
         results["masking_probes"] = probes
-        results["masking_checks"] = masking.check_masking(results)
+        results["masking_checks"] = masking.check_masking(results, checks=check_names)
     bar.close()
     results["wall_time_s"] = round(time.perf_counter() - t_start, 3)
     return results
 
 
+def _run_one(name: str, spec: AttackSpec, p: dict, target: Target, attacker: Target, x: np.ndarray,
+             y: np.ndarray, budgets: list[float], alive: dict[str, np.ndarray], correct: np.ndarray, seed: int,
+             bar) -> tuple[dict, dict[str, np.ndarray]]:
+    """One attack at every eps on the images ``alive`` at that eps; entry and survived masks (length n)."""
+    entry: dict[str, Any] = {"family": spec.family, "threat_model": spec.describe(p), "norm": spec.norm,
+                             "params": p, "results": {}}
+    masks: dict[str, np.ndarray] = {}
+    n = len(x)
+
+    def record(k: str, attacked: np.ndarray, broken_at: np.ndarray, linf: np.ndarray, l2: np.ndarray,
+               extra: dict) -> None:
+        # attacked, broken_at, linf, l2: length n (norms in [0, 1] units, inf where not attacked)
+        survived, broken = attacked & ~broken_at, attacked & broken_at
+        entry["results"][k] = {
+            "robust_accuracy": int(survived.sum()) / n, "n_attacked": int(attacked.sum()),
+            "n_broken": int(broken.sum()),
+            "attack_success_rate": float(broken.sum() / attacked.sum()) if attacked.any() else None,
+            **{f"{nm}_{st}": (float(fn(v[broken] * 255)) if broken.any() else None)
+               for nm, v in (("linf", linf), ("l2", l2)) for st, fn in (("mean", np.mean), ("median", np.median))},
+            "robust": outcome_string(survived, attacked | ~correct), **extra}
+        masks[k] = survived
+
+    if spec.uses_eps:
+        for e in budgets:
+            k = eps_key(e)
+            bar.set_postfix_str(f"{name} eps={e:g}")
+            _seed(seed, name if name != "transfer" else spec.name, e)
+            idx = np.flatnonzero(alive[k])
+            x_adv, queries, seconds = _generate(spec, attacker, target, x[idx], y[idx], e / 255, p)
+            broken_at = np.zeros(n, bool)
+            if len(idx):
+                broken_at[idx] = target.predict(x_adv) != y[idx]
+            attacked = np.zeros(n, bool)
+            attacked[idx] = True
+            linf, l2 = np.full(n, np.inf), np.full(n, np.inf)
+            linf[idx], l2[idx] = _norms(x[idx], x_adv)
+            record(k, attacked, broken_at, linf, l2,
+                   {**_query_stats(spec, queries, len(idx)), "wall_time_s": round(seconds, 3)})
+            bar.update()
+    else:
+        bar.set_postfix_str(name)
+        _seed(seed, name)
+        union = np.logical_or.reduce([alive[eps_key(e)] for e in budgets])
+        idx = np.flatnonzero(union)
+        x_adv, queries, seconds = _generate(spec, attacker, target, x[idx], y[idx], None, p)
+        success = np.zeros(n, bool)
+        linf_all, l2_all = np.full(n, np.inf), np.full(n, np.inf)
+        if len(idx):
+            success[idx] = target.predict(x_adv) != y[idx]
+            linf_all[idx], l2_all[idx] = _norms(x[idx], x_adv)
+        un = _stats(n, len(idx), success[idx], linf_all[idx], l2_all[idx])
+        entry["unbounded"] = {**un, **_query_stats(spec, queries, len(idx)), "n_attacked": len(idx),
+                              "wall_time_s": round(seconds, 3)}
+        entry["unbounded"]["accuracy_after_attack"] = (len(idx) - int(success[idx].sum())) / n
+        entry["unbounded"].pop("robust_accuracy")
+        for e in budgets:
+            k = eps_key(e)
+            attacked = alive[k].copy()
+            broken_at = success & (linf_all <= e / 255 + MIN_NORM_SLACK)
+            record(k, attacked, broken_at, linf_all, l2_all, {})
+        bar.update()
+    return entry, masks
+
+
+def _worst_case(results: dict, robust: dict, correct: np.ndarray, budgets: list[float]) -> dict:
+    """Per eps, robust only if it survived every attack that ran (AutoAttack's ensemble rule)."""
+    n, out = len(correct), {}
+    for e in budgets:
+        k = eps_key(e)
+        masks = robust.get(k, {})
+        if not masks:
+            continue
+        survived = np.logical_and.reduce([correct, *masks.values()])
+        kk = int(survived.sum())
+        out[k] = {"robust_accuracy": kk / n, "ci95": _wilson(kk, n), "n": n, "n_robust": kk,
+                  "robust": "".join("1" if v else "0" for v in survived), "attacks": list(masks)}
+        if not results.get("cascade"):
+            out[k]["best_single_attack"] = min(
+                masks, key=lambda a: results["attacks"][a]["results"][k]["robust_accuracy"])
+    return out
+
+
+def _white_box_winner(results: dict, budgets: list[float], n_correct: int) -> dict:
+    """Per eps, among the white-box attacks that ran on every clean-correct image, the one with the
+    lowest robust accuracy (ties: the earlier one) and all their accuracies."""
+    out = {}
+    for e in budgets:
+        k = eps_key(e)
+        white = {a: en["results"][k]["robust_accuracy"] for a, en in results["attacks"].items()
+                 if en["family"] == "white" and en["results"][k].get("n_attacked") == n_correct}
+        if white:
+            best = min(white, key=white.get)
+            out[k] = {"attack": best, "robust_accuracy": white[best], "compared": white}
+    return out
+
+
 class _ResumeStore:
-    """Finished attacks saved as JSON, keyed by a fingerprint of everything their result depends on."""
+    """Finished attacks saved as JSON, keyed by a fingerprint of everything their result depends on:
+    images, labels, budgets, seed, EOT, the attacked model's weights (sha256), the attack's parameters
+    and, per attack, its surrogate's weights and (under cascade) the images still alive."""
 
-    def __init__(self, folder, xs: np.ndarray, ys: np.ndarray, budgets: list[float], seed: int, eot: int):
+    def __init__(self, folder, x: np.ndarray, y: np.ndarray, budgets: list[float], seed: int, eot: int,
+                 model_sha256: str):
         self.folder = Path(folder) if folder is not None else None
-        digest = hashlib.sha1(np.ascontiguousarray(xs).tobytes())
-        digest.update(np.ascontiguousarray(ys).tobytes())
-        self.base = {"images_sha1": digest.hexdigest(), "eps": budgets, "seed": seed, "eot": eot}
+        digest = hashlib.sha1(np.ascontiguousarray(x).tobytes())
+        digest.update(np.ascontiguousarray(y).tobytes())
+        self.base = {"images_sha1": digest.hexdigest(), "eps": budgets, "seed": seed, "eot": eot,
+                     "model_sha256": model_sha256}
 
-    def _key(self, params: dict) -> str:
-        return json.dumps({**self.base, "params": params}, sort_keys=True, default=str)
+    def _key(self, params: dict, extra: dict) -> str:
+        return json.dumps({**self.base, "params": params, **extra}, sort_keys=True, default=str)
 
-    def load(self, name: str, params: dict):
-        if self.folder is None or not (self.folder / f"{name}.json").is_file():
+    def _file(self, name: str) -> Path:
+        return self.folder / f"{name.replace('@', '_at_')}.json"
+
+    def load(self, name: str, params: dict, extra: dict):
+        if self.folder is None or not self._file(name).is_file():
             return None
         try:
-            saved = json.loads((self.folder / f"{name}.json").read_text())
+            saved = json.loads(self._file(name).read_text())
         except (OSError, json.JSONDecodeError):
             return None  # unreadable: redo the attack
-        if saved.get("key") != self._key(params):
-            return None
+        if saved.get("key") != self._key(params, extra):
+            return None  # stale: other weights, images, survivors or parameters
         return saved["entry"], {k: np.asarray(v, dtype=bool) for k, v in saved["masks"].items()}
 
-    def save(self, name: str, params: dict, entry: dict, masks: dict) -> None:
+    def save(self, name: str, params: dict, extra: dict, entry: dict, masks: dict) -> None:
         if self.folder is None:
             return
-        atomic_write_json(self.folder / f"{name}.json", {
-            "key": self._key(params), "entry": entry, "masks": {k: m.tolist() for k, m in masks.items()}})
+        atomic_write_json(self._file(name), {
+            "key": self._key(params, extra), "entry": entry, "masks": {k: m.tolist() for k, m in masks.items()}})
 
 
-def _masking_probes(target: Target, xs: np.ndarray, ys: np.ndarray, n: int, cfg: dict, seed: int, bar) -> dict:
-    """Extra PGD runs the masking checks need: one at a large eps, and few vs many steps."""
+def _masking_probes(target: Target, xs: np.ndarray, ys: np.ndarray, n: int, cfg: dict, seed: int, bar,
+                    budgets: list[float]) -> dict:
+    """Extra PGD runs the masking checks need: one at a large eps, and few vs many steps at the
+    largest probed eps where PGD with few steps still leaves >= ``steps_min_accuracy`` (so that more
+    steps have something left to break; at an eps where everything is broken the check cannot fail)."""
     pgd = get_attack("pgd")
 
     def accuracy(e: float, steps: int) -> float:
         _seed(seed, "masking", e, steps)
         p = {**pgd.defaults, "steps": steps}
         x_adv, _, _ = _generate(pgd, target, target, xs, ys, e / 255, p)
-        return int((target.predict(x_adv) == ys).sum()) / n
+        return int((target.predict(x_adv) == ys).sum()) / n if len(xs) else 0.0
 
     bar.set_postfix_str(f"masking probe pgd eps={cfg['large_eps']:g}")
     large = {"eps": cfg["large_eps"], "steps": cfg["few_steps"],
              "robust_accuracy": accuracy(cfg["large_eps"], cfg["few_steps"])}
     bar.update()
-    bar.set_postfix_str(f"masking probe pgd steps {cfg['few_steps']} vs {cfg['many_steps']}")
-    steps = {"eps": cfg["steps_eps"],
-             "few_steps": {"steps": cfg["few_steps"], "robust_accuracy": accuracy(cfg["steps_eps"], cfg["few_steps"])},
-             "many_steps": {"steps": cfg["many_steps"],
-                            "robust_accuracy": accuracy(cfg["steps_eps"], cfg["many_steps"])}}
+    candidates = masking.steps_eps_candidates(cfg, budgets)
+    scan = {}
+    chosen = candidates[0]
+    for e in candidates:  # ascending: stop at the first eps below the threshold
+        bar.set_postfix_str(f"masking probe pgd-{cfg['few_steps']} eps={e:g}")
+        scan[eps_key(e)] = accuracy(e, cfg["few_steps"])
+        if scan[eps_key(e)] < cfg["steps_min_accuracy"]:
+            break
+        chosen = e
+    bar.set_postfix_str(f"masking probe pgd steps {cfg['few_steps']} vs {cfg['many_steps']} at {chosen:g}")
+    steps = {"eps": chosen, "scan_few_steps": scan,
+             "rule": f"largest probed eps where PGD-{cfg['few_steps']} leaves >= {100 * cfg['steps_min_accuracy']:g}% "
+                     f"(smallest probed eps if none)",
+             "few_steps": {"steps": cfg["few_steps"], "robust_accuracy": scan[eps_key(chosen)]},
+             "many_steps": {"steps": cfg["many_steps"], "robust_accuracy": accuracy(chosen, cfg["many_steps"])}}
     bar.update()
     return {"config": cfg, "large_eps": large, "more_steps": steps}

@@ -13,6 +13,25 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..errors import AttackError
+
+TARGETS = ("frozen", "brevitas")
+
+
+def attack_model(model: torch.nn.Module, target: str = "frozen") -> torch.nn.Module:
+    """The module attacks query: ``"frozen"`` (default) the frozen inference form of ``model``
+    (:func:`tinyrobust.models.freeze`: same logits bit for bit, same straight-through gradients,
+    faster, measured in benchmarks/results/freeze_throughput.md); ``"brevitas"`` the model as trained
+    (the reference path). A float model is frozen too (an eval copy without parameter gradients);
+    an already frozen model is returned as it is."""
+    if target not in TARGETS:
+        raise AttackError(f"unknown attack target {target!r}; choose one of: {', '.join(TARGETS)}")
+    if target == "brevitas" or getattr(model, "frozen", False):
+        return model
+    from ..models.freeze import freeze
+
+    return freeze(model.eval())
+
 
 class Target:
     """A classifier in eval mode taking float32 NCHW input in [0, 1] and returning logits.

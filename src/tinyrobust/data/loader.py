@@ -96,20 +96,32 @@ class BatchIterator:
 
 
 def stratified_subset(ds_or_labels: ArrayDataset | np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of ``n`` samples with the class proportions of the whole set.
+    """Sorted indices of ``n`` samples with the class proportions of the whole set (up to one
+    sample per class).
 
-    Depends only on (labels, n, seed), so every model is attacked on the same samples. Each class
-    gets its floor share, the rest goes to the largest remainders; within a class the samples are
-    the first of a seeded permutation, so a smaller ``n`` picks (nearly) a subset of a larger one."""
+    Depends only on (labels, n, seed), so every model is attacked on the same samples, and is
+    nested: the k-sample subset is contained in the n-sample subset for k <= n (same seed). It is
+    :func:`nested_stratified_order` sorted; use that one where the order matters (attack order)."""
+    return np.sort(nested_stratified_order(ds_or_labels, n, seed))
+
+
+def nested_stratified_order(ds_or_labels: ArrayDataset | np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``n`` samples, stratified by class and *nested*: the first k of the n-sample
+    order are exactly the k-sample order (same seed), so models attacked on 200 and on 500 images
+    share their first 200 images for paired comparisons.
+
+    Each class is shuffled with the seed; its j-th sample gets the key (j + 1/2) / class size, and
+    all samples are taken in key order (ties: class order). Every prefix then holds each class in
+    proportion to its size, up to one sample (a round-robin over classes weighted by class size)."""
     labels = np.asarray(ds_or_labels.y if isinstance(ds_or_labels, ArrayDataset) else ds_or_labels)
     total = len(labels)
     if not 0 < n <= total:
         raise DataError(f"cannot pick a subset of {n} samples from a set of {total}")
     rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    share = counts * n / total
-    take = np.floor(share).astype(int)
-    rest = np.argsort(-(share - take), kind="stable")[: n - take.sum()]
-    take[rest] += 1
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
-    return np.sort(np.concatenate(picked)).astype(np.int64)
+    keys, order = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        keys.append((np.arange(len(members)) + 0.5) / len(members))
+        order.append(members)
+    keys, order = np.concatenate(keys), np.concatenate(order)
+    return order[np.argsort(keys, kind="stable")][:n].astype(np.int64)

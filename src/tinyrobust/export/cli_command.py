@@ -16,10 +16,12 @@ def _add_export(sub) -> None:
     from .onnx_export import FORMATS, MIN_AGREEMENT
 
     p = sub.add_parser(
-        "export", help="export a run to ONNX (QCDQ) or QONNX and verify the file against PyTorch",
+        "export",
+        help="export a run to ONNX (QCDQ) or QONNX and verify the file against PyTorch",
         description="Export through Brevitas (onnx: QCDQ for standard runtimes; qonnx: for FINN/hls4ml), "
-                    "then run the file on a seeded stratified test subset and compare with PyTorch. "
-                    f"Fails (writing nothing) if top-1 agreement is below {100 * MIN_AGREEMENT:.1f}%.")
+        "then run the file on a seeded stratified test subset and compare with PyTorch. "
+        f"Fails (writing nothing) if top-1 agreement is below {100 * MIN_AGREEMENT:.1f}%.",
+    )
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (QCDQ, default) or qonnx")
     p.add_argument("--out", help="output file (default <run>/model.onnx or <run>/model.qonnx.onnx)")
@@ -32,10 +34,12 @@ def _add_export(sub) -> None:
 
 def _add_footprint(sub) -> None:
     p = sub.add_parser(
-        "footprint", help="per-layer weight and activation memory of a run, beside the MLCommons references",
+        "footprint",
+        help="per-layer weight and activation memory of a run, beside the MLCommons references",
         description="Weight memory at each layer's bit width, activation memory at the chosen activation "
-                    "bits, peak activation (largest layer output) and a double-buffer estimate, in KB "
-                    "(1024 bytes), beside mlc_resnet8 / mlc_dscnn in float and int8.")
+        "bits, peak activation (largest layer output) and a double-buffer estimate, in KB "
+        "(1024 bytes), beside mlc_resnet8 / mlc_dscnn in float and int8.",
+    )
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--no-references", action="store_true", help="omit the reference models")
@@ -44,8 +48,9 @@ def _add_footprint(sub) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from .onnx_export import export_run, format_export
 
-    r = export_run(args.run, args.format, args.out, n=args.n, data_dir=args.data_dir, seed=args.seed,
-                   threads=args.threads)
+    r = export_run(
+        args.run, args.format, args.out, n=args.n, data_dir=args.data_dir, seed=args.seed, threads=args.threads
+    )
     print(json.dumps(r, indent=2) if args.json else format_export(r))
     return 0
 

@@ -2,11 +2,12 @@
 
 Definitions (also printed with every table, and in docs/deployment.md):
 
-- weight memory: each conv/dense weight at its quantizer's bit width (float = 32 bits), each bias
-  as a 32-bit word. BatchNorm is not counted: at deployment it folds into the preceding layer
-  (scale into the weights or the quantizer scale, shift into a 32-bit bias; ``bn_fold_kb`` is the
-  upper bound that folding can add, for layers that had no bias). The 32-bit per-output-channel
-  scales of quantized layers are reported apart (``weight_scale_kb``), as small overheads.
+- weight memory: what a device stores for the conv/dense layers: each weight at its quantizer's
+  bit width (float = 32 bits), each bias as a 32-bit word, the 32-bit bias that a following
+  BatchNorm folds into (for layers without a bias of their own; BN's scale folds into the weights
+  or into the quantizer scale) and the 32-bit per-output-channel weight scales of quantized layers.
+  ``weight_kb_bare`` is weights and own biases only (the headline before scales and folded biases
+  were counted), shown beside it. Activation quantizers' scales (one per tensor) are not counted.
 - activation memory of a layer: its output tensor at the bit width of the activation quantizer
   that follows it (float = 32 bits; the classifier's logits are 32-bit).
 - peak activation: the largest single layer output (the lower bound of any schedule).
@@ -24,13 +25,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 DEFINITIONS = {
-    "weight_kb": "conv/dense weights at their bit width (float = 32), biases as 32-bit words; "
-                 "BatchNorm (folds into the preceding layer) and per-channel weight scales reported apart",
+    "weight_kb": "conv/dense weights at their bit width (float = 32), biases, BatchNorm folded into 32-bit "
+    "biases, and 32-bit per-channel weight scales of quantized layers",
+    "weight_kb_bare": "weights at their bit width and the layers' own biases only",
     "act_kb": "a layer's output tensor at the bit width of the activation quantizer that follows it "
-              "(float = 32; logits 32)",
+    "(float = 32; logits 32)",
     "peak_act_kb": "largest single layer output",
     "double_buffer_kb": "largest sum of two consecutive tensors in layer order, input included "
-                        "(residual shortcuts not modelled)",
+    "(residual shortcuts not modelled)",
     "kb": "1 KB = 1024 bytes",
 }
 
@@ -42,8 +44,9 @@ REFERENCES = [
 REFERENCE_PRECISIONS = ("float", "int8")
 
 
-def footprint_table(model: torch.nn.Module, input_shape: Sequence[int], *, input_bits: int = 8,
-                    name: Optional[str] = None) -> Dict[str, Any]:
+def footprint_table(
+    model: torch.nn.Module, input_shape: Sequence[int], *, input_bits: int = 8, name: Optional[str] = None
+) -> Dict[str, Any]:
     """Per-layer and total memory of ``model`` (a ``TinyModel``) for one input of ``input_shape``.
 
     ``input_bits``: storage of the input tensor (8: uint8 pixels), used by the double-buffer estimate."""
@@ -51,29 +54,28 @@ def footprint_table(model: torch.nn.Module, input_shape: Sequence[int], *, input
     rows = model.layer_table(input_shape)
     layers: List[Dict[str, Any]] = []
     for r in rows:
-        layers.append({
-            "layer": r["layer"],
-            "kind": r["kind"],
-            "params": r["weights"] + r["biases"],
-            "weight_quant": r["weight_quant"],
-            "weight_bits": r["weight_bits"],
-            "weight_kb": r["weight_bytes"] / 1024,
-            "act_quant": r["act_quant"],
-            "act_bits": r["act_bits"],
-            "output_shape": r["output_shape"],
-            "act_kb": r["act_bytes"] / 1024,
-        })
+        layers.append(
+            {
+                "layer": r["layer"],
+                "kind": r["kind"],
+                "params": r["weights"] + r["biases"],
+                "weight_quant": r["weight_quant"],
+                "weight_bits": r["weight_bits"],
+                "weight_kb": r["weight_bytes"] / 1024,
+                "weight_kb_bare": r["weight_bytes_bare"] / 1024,
+                "act_quant": r["act_quant"],
+                "act_bits": r["act_bits"],
+                "output_shape": r["output_shape"],
+                "act_kb": r["act_bytes"] / 1024,
+            }
+        )
     input_kb = math.prod(input_shape) * input_bits / 8 / 1024
     tensors = [("input", input_kb)] + [(row["layer"], row["act_kb"]) for row in layers]
     pairs = [(a[1] + b[1], a[0], b[0]) for a, b in zip(tensors, tensors[1:])]
     db_kb, db_a, db_b = max(pairs) if pairs else (input_kb, "input", "input")
     peak = max(layers, key=lambda row: row["act_kb"]) if layers else None
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    bn_channels = sum(m.num_features for m in bns)
     bn_params = sum(p.numel() for m in bns for p in m.parameters(recurse=False))
-    mods = dict(model.named_modules())
-    # a quantized layer also stores one 32-bit scale per output channel
-    scale_words = sum(mods[row["layer"]].weight.shape[0] for row in layers if row["weight_quant"] != "float")
     total = sum(p.numel() for p in model.parameters())
     layer_params = sum(row["params"] for row in layers)
     return {
@@ -86,8 +88,9 @@ def footprint_table(model: torch.nn.Module, input_shape: Sequence[int], *, input
         "bn_parameters": bn_params,
         "quantizer_parameters": total - layer_params - bn_params,  # learned scales (Brevitas)
         "weight_kb": sum(row["weight_kb"] for row in layers),
-        "bn_fold_kb": bn_channels * 4 / 1024,
-        "weight_scale_kb": scale_words * 4 / 1024,
+        "weight_kb_bare": sum(row["weight_kb_bare"] for row in layers),
+        "bn_fold_kb": sum(r["bn_folded_biases"] for r in rows) * 4 / 1024,  # included in weight_kb
+        "weight_scale_kb": sum(r["weight_scales"] for r in rows) * 4 / 1024,  # included in weight_kb
         "input_kb": input_kb,
         "peak_act_kb": peak["act_kb"] if peak else 0.0,
         "peak_act_layer": peak["layer"] if peak else None,
@@ -109,12 +112,24 @@ def reference_footprints(precisions: Sequence[str] = REFERENCE_PRECISIONS) -> Li
     for name, shape, classes, what in REFERENCES:
         for prec in precisions:
             if name not in MODELS:
-                out.append({"model": name, "precision": prec, "description": what,
-                            "skipped": f"model {name!r} is not registered in this version"})
+                out.append(
+                    {
+                        "model": name,
+                        "precision": prec,
+                        "description": what,
+                        "skipped": f"model {name!r} is not registered in this version",
+                    }
+                )
                 continue
             torch.manual_seed(0)
-            model = build_model(name, num_classes=classes, input_shape=shape, mean=(0.5,) * shape[0],
-                                std=(0.25,) * shape[0], quant=QuantConfig(weight=prec, act=prec))
+            model = build_model(
+                name,
+                num_classes=classes,
+                input_shape=shape,
+                mean=(0.5,) * shape[0],
+                std=(0.25,) * shape[0],
+                quant=QuantConfig(weight=prec, act=prec),
+            )
             fp = footprint_table(model, shape, input_bits=32 if prec == "float" else 8, name=name)
             fp.update(precision=prec, description=what)
             out.append(fp)
@@ -125,25 +140,34 @@ def _kb(v: float) -> str:
     return f"{v:.2f}"
 
 
-def format_footprint(fp: Dict[str, Any], references: Optional[List[Dict[str, Any]]] = None, *,
-                     layers: bool = True) -> str:
+def format_footprint(
+    fp: Dict[str, Any], references: Optional[List[Dict[str, Any]]] = None, *, layers: bool = True
+) -> str:
     """Text table of ``footprint_table`` output, optionally followed by the references."""
-    lines = [f"memory footprint of {fp['model']} (input {'x'.join(map(str, fp['input_shape']))} "
-             f"at {fp['input_bits']} bits = {_kb(fp['input_kb'])} KB)"]
+    lines = [
+        f"memory footprint of {fp['model']} (input {'x'.join(map(str, fp['input_shape']))} "
+        f"at {fp['input_bits']} bits = {_kb(fp['input_kb'])} KB)"
+    ]
     if layers:
-        lines += ["", f"{'layer':<20}{'kind':<14}{'params':>8}{'w-quant':>20}{'w-bits':>7}{'w-KB':>9}"
-                      f"{'a-bits':>7}{'output':>14}{'a-KB':>9}"]
+        lines += [
+            "",
+            f"{'layer':<20}{'kind':<14}{'params':>8}{'w-quant':>20}{'w-bits':>7}{'w-KB':>9}"
+            f"{'a-bits':>7}{'output':>14}{'a-KB':>9}",
+        ]
         for r in fp["layers"]:
             shape = "x".join(map(str, r["output_shape"]))
-            lines.append(f"{r['layer']:<20}{r['kind']:<14}{r['params']:>8,}{r['weight_quant']:>20}"
-                         f"{r['weight_bits']:>7}{_kb(r['weight_kb']):>9}{r['act_bits']:>7}{shape:>14}"
-                         f"{_kb(r['act_kb']):>9}")
+            lines.append(
+                f"{r['layer']:<20}{r['kind']:<14}{r['params']:>8,}{r['weight_quant']:>20}"
+                f"{r['weight_bits']:>7}{_kb(r['weight_kb']):>9}{r['act_bits']:>7}{shape:>14}"
+                f"{_kb(r['act_kb']):>9}"
+            )
     lines += [
         "",
         f"parameters:        {fp['parameters']:,} ({fp['layer_parameters']:,} conv/dense, "
         f"{fp['bn_parameters']:,} BatchNorm, {fp['quantizer_parameters']:,} quantizer scales)",
-        f"weight memory:     {_kb(fp['weight_kb'])} KB  (not included: per-channel weight scales "
-        f"{_kb(fp['weight_scale_kb'])} KB, BatchNorm folded into biases <= {_kb(fp['bn_fold_kb'])} KB)",
+        f"weight memory:     {_kb(fp['weight_kb'])} KB  (of which per-channel weight scales "
+        f"{_kb(fp['weight_scale_kb'])} KB, BatchNorm folded into biases {_kb(fp['bn_fold_kb'])} KB; "
+        f"weights and biases alone {_kb(fp['weight_kb_bare'])} KB)",
         f"peak activation:   {_kb(fp['peak_act_kb'])} KB  (largest single layer output: {fp['peak_act_layer']})",
         f"double buffer:     {_kb(fp['double_buffer_kb'])} KB  (largest pair of consecutive tensors: "
         f"{' + '.join(fp['double_buffer_pair'])})",
@@ -152,17 +176,21 @@ def format_footprint(fp: Dict[str, Any], references: Optional[List[Dict[str, Any
         *(f"  {k:<17} {v}" for k, v in fp["definitions"].items()),
     ]
     if references is not None:
-        lines += ["", "references (float: 32-bit weights/activations/input; int8: 8-bit):",
-                  f"{'model':<16}{'precision':>10}{'params':>10}{'weight KB':>11}{'peak act KB':>13}"
-                  f"{'dbl-buf KB':>12}",
-                  f"{fp['model'] + ' (this)':<16}{'':>10}{fp['parameters']:>10,}{_kb(fp['weight_kb']):>11}"
-                  f"{_kb(fp['peak_act_kb']):>13}{_kb(fp['double_buffer_kb']):>12}"]
+        lines += [
+            "",
+            "references (float: 32-bit weights/activations/input; int8: 8-bit):",
+            f"{'model':<16}{'precision':>10}{'params':>10}{'weight KB':>11}{'peak act KB':>13}{'dbl-buf KB':>12}",
+            f"{fp['model'] + ' (this)':<16}{'':>10}{fp['parameters']:>10,}{_kb(fp['weight_kb']):>11}"
+            f"{_kb(fp['peak_act_kb']):>13}{_kb(fp['double_buffer_kb']):>12}",
+        ]
         for r in references:
             if "skipped" in r:
                 lines.append(f"{r['model']:<16}{r['precision']:>10}  skipped: {r['skipped']}")
             else:
-                lines.append(f"{r['model']:<16}{r['precision']:>10}{r['parameters']:>10,}{_kb(r['weight_kb']):>11}"
-                             f"{_kb(r['peak_act_kb']):>13}{_kb(r['double_buffer_kb']):>12}")
+                lines.append(
+                    f"{r['model']:<16}{r['precision']:>10}{r['parameters']:>10,}{_kb(r['weight_kb']):>11}"
+                    f"{_kb(r['peak_act_kb']):>13}{_kb(r['double_buffer_kb']):>12}"
+                )
     return "\n".join(lines)
 
 

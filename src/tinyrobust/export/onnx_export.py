@@ -22,9 +22,7 @@ a seeded stratified test subset and compares top-1 predictions and logits with P
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
-import platform
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
@@ -33,42 +31,55 @@ import numpy as np
 import torch
 
 from ..errors import ExportError
-from ..io_utils import atomic_write, atomic_write_json, check_writable
-from .onnx_model import detect_format, onnx_predict_fn, require
+from ..inference import batched_logits
+from ..io_utils import atomic_write, atomic_write_json, check_writable, sha256_file
+from ..rundir import versions
+from .onnx_model import INSTALL_EXPORT, detect_format, onnx_predict_fn, require
 
 FORMATS = ("onnx", "qonnx")
 DEFAULT_FILENAMES = {"onnx": "model.onnx", "qonnx": "model.qonnx.onnx"}
+# what produced or ran the file, recorded in <out>.verify.json
+EXPORT_PACKAGES = ("torch", "brevitas", "onnx", "onnxruntime", "onnxoptimizer", "qonnx", "numpy")
 OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear need >= 13; widest toolchain support
 MIN_AGREEMENT = 0.995
 VERIFY_SUFFIX = ".verify.json"
 
 # python modules each format needs to export (onnxscript is only needed by the dynamo exporter)
-EXPORT_DEPS = {"onnx": ["onnx", "onnxoptimizer", "onnxruntime"],
-               "qonnx": ["onnx", "onnxoptimizer", "onnxruntime", "qonnx"]}
+EXPORT_DEPS = {
+    "onnx": ["onnx", "onnxoptimizer", "onnxruntime"],
+    "qonnx": ["onnx", "onnxoptimizer", "onnxruntime", "qonnx"],
+}
 
 # How each weight quantizer appears in each format (None: cannot be expressed). Checked by tests.
 WEIGHT_SUPPORT: Dict[str, Dict[str, Optional[str]]] = {
-    "float": {"onnx": "plain Conv/Gemm, float32 weights",
-              "qonnx": "plain Conv/Gemm, float32 weights"},
-    "intN": {"onnx": "int8 weight tensor -> Clip[-(2^(N-1)-1), 2^(N-1)-1] -> DequantizeLinear (per-channel scale)",
-             "qonnx": "Quant(bit_width=N, signed, narrow, per-channel scale)"},
-    "ternary": {"onnx": "int8 weight tensor -> Clip[-1, 1] -> DequantizeLinear (per-channel scale)",
-                "qonnx": "Quant(bit_width=2, signed, narrow, per-channel scale): {-s, 0, +s}"},
-    "stochastic_ternary": {"onnx": "as ternary (rounding is deterministic at inference)",
-                           "qonnx": "as ternary (rounding is deterministic at inference)"},
-    "binary": {"onnx": None,
-               "qonnx": "BipolarQuant (per-channel scale): {-s, +s}"},
+    "float": {"onnx": "plain Conv/Gemm, float32 weights", "qonnx": "plain Conv/Gemm, float32 weights"},
+    "intN": {
+        "onnx": "int8 weight tensor -> Clip[-(2^(N-1)-1), 2^(N-1)-1] -> DequantizeLinear (per-channel scale)",
+        "qonnx": "Quant(bit_width=N, signed, narrow, per-channel scale)",
+    },
+    "ternary": {
+        "onnx": "int8 weight tensor -> Clip[-1, 1] -> DequantizeLinear (per-channel scale)",
+        "qonnx": "Quant(bit_width=2, signed, narrow, per-channel scale): {-s, 0, +s}",
+    },
+    "stochastic_ternary": {
+        "onnx": "as ternary (rounding is deterministic at inference)",
+        "qonnx": "as ternary (rounding is deterministic at inference)",
+    },
+    "binary": {"onnx": None, "qonnx": "BipolarQuant (per-channel scale): {-s, +s}"},
 }
 ACT_SUPPORT: Dict[str, Dict[str, str]] = {
     "float": {"onnx": "Relu", "qonnx": "Relu"},
-    "intN": {"onnx": "Relu -> QuantizeLinear(uint8, per-tensor scale) -> Clip[0, 2^N-1] -> DequantizeLinear",
-             "qonnx": "Relu -> Quant(bit_width=N, unsigned, per-tensor scale)"},
+    "intN": {
+        "onnx": "Relu -> QuantizeLinear(uint8, per-tensor scale) -> Clip[0, 2^N-1] -> DequantizeLinear",
+        "qonnx": "Relu -> Quant(bit_width=N, unsigned, per-tensor scale)",
+    },
 }
 WHY_NOT = {
     ("binary", "onnx"): (
         "standard ONNX QuantizeLinear/DequantizeLinear have no 1-bit bipolar {-s, +s} type and Brevitas "
         "refuses to export it to QCDQ ('Binary quant not supported'); use --format qonnx (BipolarQuant) "
-        "for FINN/hls4ml, or train this layer with int2/ternary weights for standard ONNX runtimes"),
+        "for FINN/hls4ml, or train this layer with int2/ternary weights for standard ONNX runtimes"
+    ),
 }
 
 
@@ -94,14 +105,17 @@ def check_exportable(model: torch.nn.Module, fmt: str) -> None:
     plan = getattr(model, "plan", None) or {}
     for layer, lp in plan.items():
         if weight_support(lp.weight, fmt) is None:
-            raise ExportError(f"cannot export to {fmt}: layer {layer!r} uses the {lp.weight!r} weight quantizer; "
-                              f"{WHY_NOT[(_family(lp.weight), fmt)]}")
+            raise ExportError(
+                f"cannot export to {fmt}: layer {layer!r} uses the {lp.weight!r} weight quantizer; "
+                f"{WHY_NOT[(_family(lp.weight), fmt)]}"
+            )
     if fmt == "onnx":  # any model: a 1-bit weight quantizer outside the plan
         for name, m in model.named_modules():
             wq = getattr(m, "weight_quant", None)
             if wq is not None and getattr(wq, "is_quant_enabled", False) and float(wq.bit_width()) == 1.0:
-                raise ExportError(f"cannot export to onnx: layer {name!r} has 1-bit (binary) weights; "
-                                  f"{WHY_NOT[('binary', 'onnx')]}")
+                raise ExportError(
+                    f"cannot export to onnx: layer {name!r} has 1-bit (binary) weights; {WHY_NOT[('binary', 'onnx')]}"
+                )
 
 
 def _export_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -127,7 +141,7 @@ def _add_metadata(path: str, fmt: str, input_shape: Sequence[int], extra: Dict[s
     props = {
         "tinyrobust.format": fmt,
         "tinyrobust.input": f"float32 NCHW (N, {', '.join(map(str, input_shape))}), pixels in [0, 1]; "
-                            "the normalisation (x - mean) / std is inside the graph",
+        "the normalisation (x - mean) / std is inside the graph",
         "tinyrobust.output": "logits (no softmax)",
         **extra,
     }
@@ -137,8 +151,15 @@ def _add_metadata(path: str, fmt: str, input_shape: Sequence[int], extra: Dict[s
     onnx.save(proto, path)
 
 
-def export_model(model: torch.nn.Module, path: str | Path, fmt: str, input_shape: Sequence[int], *,
-                 opset: int = OPSET, metadata: Optional[Dict[str, str]] = None) -> Path:
+def export_model(
+    model: torch.nn.Module,
+    path: str | Path,
+    fmt: str,
+    input_shape: Sequence[int],
+    *,
+    opset: int = OPSET,
+    metadata: Optional[Dict[str, str]] = None,
+) -> Path:
     """Export ``model`` (input float NCHW in [0, 1], output logits) to ``path`` (written atomically).
 
     The model itself is not modified (a deep copy is exported)."""
@@ -152,8 +173,14 @@ def export_model(model: torch.nn.Module, path: str | Path, fmt: str, input_shape
     m = _export_copy(model)
     dummy = torch.rand(1, *input_shape)
     kwargs: Dict[str, Any] = dict(
-        input_names=["x"], output_names=["logits"], opset_version=opset, dynamo=False,
-        keep_initializers_as_inputs=False, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True)
+        input_names=["x"],
+        output_names=["logits"],
+        opset_version=opset,
+        dynamo=False,
+        keep_initializers_as_inputs=False,
+        training=torch.onnx.TrainingMode.PRESERVE,
+        do_constant_folding=True,
+    )
     if fmt == "onnx":
         kwargs["dynamic_axes"] = {"x": {0: "batch"}, "logits": {0: "batch"}}
 
@@ -175,36 +202,19 @@ def export_model(model: torch.nn.Module, path: str | Path, fmt: str, input_shape
         atomic_write(path, write)
     except ModuleNotFoundError as exc:
         pkg = (exc.name or "").split(".")[0]
-        raise ExportError(f"export to {fmt} needs the package {pkg!r}: pip install {pkg}") from exc
+        raise ExportError(f"export to {fmt} needs the package {pkg!r}: {INSTALL_EXPORT}") from exc
     except (AssertionError, RuntimeError, NotImplementedError) as exc:
         # Brevitas/torch.onnx refusing the model: say so in one line; the traceback stays chained
-        raise ExportError(f"Brevitas could not export the model to {fmt}: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise ExportError(
+            f"Brevitas could not export the model to {fmt}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
     return Path(path)
 
 
-@torch.no_grad()
 def torch_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-    was_training = model.training
-    model.eval()
-    try:
-        outs = [model(x[i:i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(outs).numpy()
-
-
-def versions() -> Dict[str, str]:
-    """Versions of everything that produced or ran the file (those importable)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "brevitas", "onnx", "onnxruntime", "onnxoptimizer", "qonnx", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+    """PyTorch's logits on ``x`` as numpy, the reference the exported file is compared with."""
+    return batched_logits(model, x, batch_size).numpy()
 
 
 def _compare(ref: np.ndarray, out: np.ndarray) -> Dict[str, Any]:
@@ -212,13 +222,21 @@ def _compare(ref: np.ndarray, out: np.ndarray) -> Dict[str, Any]:
         raise ExportError(f"the exported model returns shape {out.shape}, PyTorch {ref.shape}")
     agree = ref.argmax(1) == out.argmax(1)
     diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-    return {"agreement": float(agree.mean()), "disagreements": int((~agree).sum()),
-            "max_abs_logit_diff": float(diff.max()) if diff.size else 0.0,
-            "mean_abs_logit_diff": float(diff.mean()) if diff.size else 0.0}
+    return {
+        "agreement": float(agree.mean()),
+        "disagreements": int((~agree).sum()),
+        "max_abs_logit_diff": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_logit_diff": float(diff.mean()) if diff.size else 0.0,
+    }
 
 
-def verify_export(model: torch.nn.Module, path: str | Path, x: torch.Tensor, y: Optional[torch.Tensor] = None,
-                  fmt: Optional[str] = None) -> Dict[str, Any]:
+def verify_export(
+    model: torch.nn.Module,
+    path: str | Path,
+    x: torch.Tensor,
+    y: Optional[torch.Tensor] = None,
+    fmt: Optional[str] = None,
+) -> Dict[str, Any]:
     """Run the exported file and PyTorch on ``x``: top-1 agreement and logit differences.
 
     For ``onnx`` the headline numbers use onnxruntime with its default graph optimizations (as a
@@ -235,8 +253,9 @@ def verify_export(model: torch.nn.Module, path: str | Path, x: torch.Tensor, y: 
     xs = x.detach().cpu().numpy().astype(np.float32)
     out = onnx_predict_fn(path, fmt=fmt)(xs)
     result: Dict[str, Any] = {"n": int(len(x)), **_compare(ref, out)}
-    result["runtime"] = ("qonnx.core.onnx_exec.execute_onnx" if fmt == "qonnx"
-                         else "onnxruntime (default graph optimizations)")
+    result["runtime"] = (
+        "qonnx.core.onnx_exec.execute_onnx" if fmt == "qonnx" else "onnxruntime (default graph optimizations)"
+    )
     if fmt == "onnx":
         raw = _compare(ref, onnx_predict_fn(path, fmt="onnx", optimize=False)(xs))
         result.update({f"{k}_no_graph_opt": v for k, v in raw.items()})
@@ -247,22 +266,22 @@ def verify_export(model: torch.nn.Module, path: str | Path, x: torch.Tensor, y: 
     return result
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_path(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.name + VERIFY_SUFFIX)
 
 
-def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, n: int = 1000,
-               data_dir: Optional[str] = None, seed: int = 0, min_agreement: float = MIN_AGREEMENT,
-               threads: Optional[int] = None) -> Dict[str, Any]:
+def export_run(
+    run_dir: str | Path,
+    fmt: str = "onnx",
+    out: str | Path | None = None,
+    *,
+    n: int = 1000,
+    data_dir: Optional[str] = None,
+    seed: int = 0,
+    min_agreement: float = MIN_AGREEMENT,
+    threads: Optional[int] = None,
+) -> Dict[str, Any]:
     """Export a finished run, verify the file on ``n`` stratified test images, write it and
     ``<out>.verify.json``; raise ExportError (writing nothing) if top-1 agreement < ``min_agreement``."""
     from ..data import load_dataset, stratified_subset, to_tensors
@@ -288,28 +307,39 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
     # export next to the target, verify, and only then move it into place
     staged = out.with_name(f".{out.name}.unverified")
     try:
-        export_model(run.model, staged, fmt, run.dataset_info.input_shape,
-                     metadata={"tinyrobust.run": str(run.run_dir), "tinyrobust.model": run.cfg.model.name,
-                               "tinyrobust.dataset": run.cfg.data.dataset,
-                               "tinyrobust.classes": ",".join(getattr(test, "classes", []))})
+        export_model(
+            run.model,
+            staged,
+            fmt,
+            run.dataset_info.input_shape,
+            metadata={
+                "tinyrobust.run": str(run.run_dir),
+                "tinyrobust.model": run.cfg.model.name,
+                "tinyrobust.dataset": run.cfg.data.dataset,
+                "tinyrobust.classes": ",".join(getattr(test, "classes", [])),
+            },
+        )
         result = verify_export(run.model, staged, x, y, fmt=fmt)
         if result["agreement"] < min_agreement:
             hint = ""
             if result.get("agreement_no_graph_opt", 0.0) >= min_agreement:
-                hint = (f"; with onnxruntime's graph optimizations off it is "
-                        f"{100 * result['agreement_no_graph_opt']:.2f}%, so the runtime's op fusion changes "
-                        "rounding at quantization boundaries")
+                hint = (
+                    f"; with onnxruntime's graph optimizations off it is "
+                    f"{100 * result['agreement_no_graph_opt']:.2f}%, so the runtime's op fusion changes "
+                    "rounding at quantization boundaries"
+                )
             raise ExportError(
                 f"the exported {fmt} model disagrees with PyTorch: top-1 agreement "
                 f"{100 * result['agreement']:.2f}% < {100 * min_agreement:.2f}% on {result['n']} test images "
-                f"(largest logit difference {result['max_abs_logit_diff']:.3g}){hint}; {out} was not written")
+                f"(largest logit difference {result['max_abs_logit_diff']:.3g}){hint}; {out} was not written"
+            )
         os.replace(staged, out)
     finally:
         staged.unlink(missing_ok=True)
 
     record = {
         "file": str(out),
-        "sha256": _sha256(out),
+        "sha256": sha256_file(out),
         "format": fmt,
         "opset": OPSET,
         "run": str(run.run_dir),
@@ -320,7 +350,7 @@ def export_run(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = 
         "min_agreement": min_agreement,
         "passed": True,
         **result,
-        "versions": versions(),
+        "versions": versions(EXPORT_PACKAGES),
     }
     atomic_write_json(verify_path(out), record)
     return record
@@ -336,10 +366,14 @@ def format_export(r: Dict[str, Any]) -> str:
         f"  largest |logit difference|:   {r['max_abs_logit_diff']:.3g} (mean {r['mean_abs_logit_diff']:.3g})",
     ]
     if "agreement_no_graph_opt" in r:
-        lines.append(f"  without graph optimizations:  {100 * r['agreement_no_graph_opt']:.2f}% agreement, "
-                     f"largest difference {r['max_abs_logit_diff_no_graph_opt']:.3g}")
+        lines.append(
+            f"  without graph optimizations:  {100 * r['agreement_no_graph_opt']:.2f}% agreement, "
+            f"largest difference {r['max_abs_logit_diff_no_graph_opt']:.3g}"
+        )
     if "torch_accuracy" in r:
-        lines.append(f"  accuracy on these images:     PyTorch {100 * r['torch_accuracy']:.2f}%, "
-                     f"exported {100 * r['exported_accuracy']:.2f}%")
+        lines.append(
+            f"  accuracy on these images:     PyTorch {100 * r['torch_accuracy']:.2f}%, "
+            f"exported {100 * r['exported_accuracy']:.2f}%"
+        )
     lines.append(f"  record: {verify_path(r['file'])}")
     return "\n".join(lines)

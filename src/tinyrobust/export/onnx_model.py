@@ -35,10 +35,11 @@ QONNX_OPS = {"Quant", "BipolarQuant", "Trunc", "FloatQuant", "MultiThreshold", "
 DEFAULT_BATCH = {"onnx": 256, "qonnx": 32}  # qonnx's executor keeps every intermediate tensor
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
+INSTALL_EXPORT = "pip install 'tinyrobust[export]'"  # the extra that holds every package above
 
 
 def require(modules: Iterable[str], purpose: str) -> None:
-    """Import each optional dependency or raise ExportError naming what to ``pip install``."""
+    """Import each optional dependency or raise ExportError naming the extra to install (``export``)."""
     missing = []
     for mod in modules:
         try:
@@ -48,7 +49,8 @@ def require(modules: Iterable[str], purpose: str) -> None:
     if missing:
         raise ExportError(
             f"{purpose} needs the optional package{'s' if len(missing) > 1 else ''} {', '.join(missing)}: "
-            f"pip install {' '.join(missing)}  (versions in constraints.txt)")
+            f"{INSTALL_EXPORT}"
+        )
 
 
 def detect_format(model_proto) -> str:
@@ -78,7 +80,7 @@ def _check_shape(x: np.ndarray, expected: tuple, path: Path) -> None:
 def _chunks(x: np.ndarray, size: int, pad: bool):
     """Yield (chunk, n_valid); with ``pad`` every chunk has exactly ``size`` rows (zero-padded)."""
     for i in range(0, len(x), size):
-        part = x[i:i + size]
+        part = x[i : i + size]
         n = len(part)
         if pad and n < size:
             part = np.concatenate([part, np.zeros((size - n, *part.shape[1:]), dtype=part.dtype)])
@@ -137,8 +139,14 @@ def _qonnx_predict_fn(path: Path, batch_size: int) -> PredictFn:
     return predict
 
 
-def onnx_predict_fn(path: str | Path, *, batch_size: Optional[int] = None, threads: Optional[int] = None,
-                    optimize: bool = True, fmt: Optional[str] = None) -> PredictFn:
+def onnx_predict_fn(
+    path: str | Path,
+    *,
+    batch_size: Optional[int] = None,
+    threads: Optional[int] = None,
+    optimize: bool = True,
+    fmt: Optional[str] = None,
+) -> PredictFn:
     """A function ``predict(x: float32 NCHW in [0, 1]) -> logits`` running the exported file.
 
     ``fmt`` (``"onnx"``/``"qonnx"``) is detected from the graph when omitted. ``optimize=False``

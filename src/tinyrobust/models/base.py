@@ -4,7 +4,7 @@ and a weight-memory account."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,17 +34,28 @@ class LayerPlan:
     act: str
 
 
-def plan_layers(q: QuantConfig, layers: List[str]) -> Dict[str, LayerPlan]:
-    """Resolve defaults, first/last-layer choices and per-layer overrides into one plan.
+def plan_layers(q: QuantConfig, layers: List[str], paths: Optional[Sequence[str]] = None) -> Dict[str, LayerPlan]:
+    """Resolve defaults, first/last-layer choices and per-layer overrides into one plan (keyed by ``layers``).
 
-    ``layers`` are the weight layers in order; a layer's ``act`` is the quantizer of the activation
-    that follows it (after BN, and after the residual add where there is one)."""
-    for name in q.overrides:
-        if name not in layers:
-            raise ConfigError(f"model.quant.overrides.{name}: no such layer; layers are: {', '.join(layers)}")
+    ``layers`` are the weight layers in order; ``paths`` their module paths in the built model (what
+    ``tinyrobust eval`` prints; default: the same names). ``quant.overrides`` names a layer by its
+    module path (``blocks.block3.conv``) or by its short name (``block3``). A layer's ``act`` is the
+    quantizer of the activation that follows it (after BN, and after the residual add where there is one)."""
+    paths = list(paths) if paths is not None else list(layers)
+    if len(paths) != len(layers):
+        raise ValueError("plan_layers: one module path per layer")
+    by_name = {**dict(zip(layers, layers)), **dict(zip(paths, layers))}
+    overrides: Dict[str, LayerQuant] = {}
+    for name, ov in q.overrides.items():
+        if name not in by_name:
+            raise ConfigError(f"model.quant.overrides.{name}: no such layer; layers are: {', '.join(paths)}")
+        key = by_name[name]
+        if key in overrides:
+            raise ConfigError(f"model.quant.overrides.{name}: names the same layer as another override")
+        overrides[key] = ov
     plan = {}
     for name in layers:
-        ov = q.overrides.get(name, LayerQuant())
+        ov = overrides.get(name, LayerQuant())
         w = q.weight
         if name == layers[0] and q.first_weight:
             w = q.first_weight
@@ -78,10 +89,29 @@ class TinyModel(nn.Module):
         return {n: mods[n] for n in self.weight_layers}
 
     def layer_table(self, input_shape: Tuple[int, int, int]) -> List[dict]:
-        """Per weight layer: parameters, weight bits, weight memory (bytes), output activation size."""
+        """Per weight layer: parameters, weight bits, weight memory (bytes), output activation size.
+
+        ``weight_bytes`` is what a device stores for the layer: weights at their bit width, biases as
+        32-bit words, the 32-bit bias that a following BatchNorm folds into (when the layer has no bias
+        of its own; BN's scale folds into the weights or their quantizer scale) and the layer's 32-bit
+        weight scales (one per output channel for our quantizers, none for float layers).
+        ``weight_bytes_bare`` leaves out the last two (weights and own biases only: the figure published
+        before the footprint counted them)."""
         outs: Dict[str, Tuple[int, ...]] = {}
-        hooks = [m.register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, tuple(o.shape[1:])))
-                 for n, m in self.layer_modules().items()]
+        order: List[str] = []  # execution order of weight layers and BatchNorms: a BN right after a layer folds into it
+        layers = self.layer_modules()
+        bns = {n: m for n, m in self.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+        def record(name, shape_too):
+            def hook(m, i, o):
+                order.append(name)
+                if shape_too:
+                    outs[name] = tuple(o.shape[1:])
+
+            return hook
+
+        hooks = [m.register_forward_hook(record(n, True)) for n, m in layers.items()]
+        hooks += [m.register_forward_hook(record(n, False)) for n, m in bns.items()]
         was_training = self.training
         self.eval()
         with torch.no_grad():
@@ -89,27 +119,37 @@ class TinyModel(nn.Module):
         self.train(was_training)
         for h in hooks:
             h.remove()
+        folded = {a: bns[b] for a, b in zip(order, order[1:]) if a in layers and b in bns}
         rows = []
-        for n, m in self.layer_modules().items():
+        for n, m in layers.items():
             wbits = weight_bits(self.plan[n].weight)
             n_w = m.weight.numel()
             n_b = m.bias.numel() if getattr(m, "bias", None) is not None else 0
+            bn = folded.get(n)
+            n_bn_bias = bn.num_features if bn is not None and n_b == 0 else 0
+            with torch.no_grad():
+                n_scales = int(m.quant_weight().scale.numel()) if hasattr(m, "quant_weight") else 0
             abits = act_bits(self.plan[n].act) if n != self.weight_layers[-1] else 32
             out_numel = int(torch.tensor(outs[n]).prod())
-            rows.append({
-                "layer": n,
-                "kind": type(m).__name__,
-                "weights": n_w,
-                "biases": n_b,
-                "weight_quant": self.plan[n].weight,
-                "weight_bits": wbits,
-                # weights at their bit width; biases (and folded BN shifts) as 32-bit words
-                "weight_bytes": (n_w * wbits + n_b * 32) / 8,
-                "act_quant": self.plan[n].act if n != self.weight_layers[-1] else "float",
-                "act_bits": abits,
-                "output_shape": list(outs[n]),
-                "act_bytes": out_numel * abits / 8,
-            })
+            bare = (n_w * wbits + n_b * 32) / 8
+            rows.append(
+                {
+                    "layer": n,
+                    "kind": type(m).__name__,
+                    "weights": n_w,
+                    "biases": n_b,
+                    "weight_quant": self.plan[n].weight,
+                    "weight_bits": wbits,
+                    "weight_scales": n_scales,
+                    "bn_folded_biases": n_bn_bias,
+                    "weight_bytes": bare + (n_scales + n_bn_bias) * 4,
+                    "weight_bytes_bare": bare,
+                    "act_quant": self.plan[n].act if n != self.weight_layers[-1] else "float",
+                    "act_bits": abits,
+                    "output_shape": list(outs[n]),
+                    "act_bytes": out_numel * abits / 8,
+                }
+            )
         return rows
 
     def num_parameters(self) -> int:

@@ -5,7 +5,7 @@ Why this shape (docs/models.md has the longer story):
   and MCU kernels handle it without buffering a skip path, and each block is one JR unit;
 - about the compute of ResNet-8 (~15 M MACs) but ~1.8x its parameters, because deep quantization
   makes parameters cheap: at 4-bit weights it needs under a quarter of float ResNet-8's weight
-  memory, at ternary under an eighth;
+  memory, at ternary about an eighth (scales and folded BN biases counted);
 - strided convs instead of pooling (no extra op to quantize), global average pool, one dense layer;
 - first and last layers default to 8 bits (standard practice: they are small and most sensitive).
 """
@@ -32,7 +32,7 @@ class QNN(TinyModel):
     def __init__(self, num_classes, input_shape, mean, std, quant):
         super().__init__(mean, std)
         names = [f"block{i + 1}" for i in range(len(self.BLOCKS))]
-        plan = plan_layers(quant, names + ["fc"])
+        plan = plan_layers(quant, names + ["fc"], paths=[f"blocks.{n}.conv" for n in names] + ["fc"])
         blocks, cin = [], input_shape[0]
         for name, (cout, stride) in zip(names, self.BLOCKS):
             blocks.append((name, ConvBNAct(cin, cout, 3, stride, plan[name])))

@@ -2,7 +2,12 @@
 
 Topology as in the reference Keras model: 3x3 conv(16) stem, three residual stacks of two 3x3
 convs (16, 32, 64 filters; stacks 2 and 3 downsample by 2 and use a 1x1 conv shortcut without
-BN), 8x8 average pool, dense classifier. 78k parameters.
+BN), 8x8 average pool, dense classifier. 77,850 parameters (the reference's 78,666 less its 336 conv
+biases and the 480 BatchNorm moving statistics PyTorch keeps as buffers).
+
+Differences from the reference, kept because trained runs depend on them (docs/models.md lists each):
+no conv biases; stride-2 3x3 convs pad 1 on every side (TensorFlow 'same' pads 0 before, 1 after, a
+one-pixel shift); PyTorch BatchNorm defaults; logits out (no softmax); normalisation inside the model.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ class ResNet8(TinyModel):
                               "stack2.shortcut", "stack3.c1.conv", "stack3.c2", "stack3.shortcut", "fc"]
         keys = ["stem", "stack1.c1", "stack1.c2", "stack2.c1", "stack2.c2", "stack2.shortcut",
                 "stack3.c1", "stack3.c2", "stack3.shortcut", "fc"]
-        plan = plan_layers(quant, keys)
+        plan = plan_layers(quant, keys, paths=self.weight_layers)
         self.plan = dict(zip(self.weight_layers, plan.values()))
         self.stem = ConvBNAct(input_shape[0], 16, 3, 1, plan["stem"])
         self.stack1 = _Stack(16, 16, 1, plan, "stack1")

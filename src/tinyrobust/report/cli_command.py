@@ -4,34 +4,59 @@ from __future__ import annotations
 
 import argparse
 
-DATASETS = ("cifar10", "svhn", "speech_commands")
+DATASETS = ("cifar10", "svhn", "speech_commands", "speech_commands_logmel")
 
 
 def add_parser(sub) -> str:
-    p = sub.add_parser("reproduce", help="train, attack and report the paper's comparison for a dataset",
-                       description="Trains what is missing (reusing finished runs), attacks every model with the "
-                                   "same settings, and writes report.md and report.html.")
+    p = sub.add_parser(
+        "reproduce",
+        help="train, attack and report the paper's comparison for a dataset",
+        description="Trains what is missing (reusing finished runs), attacks every model with the "
+        "same settings, and writes report.md and report.html.",
+    )
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--budget", default="quick", help="a budget of the grid file (quick or full; default quick)")
     p.add_argument("--out", help="output folder (default results/<dataset>-<budget>)")
     p.add_argument("--data-dir", help="where datasets live (default $TINYROBUST_DATA)")
-    p.add_argument("--stages", default="train,attack,report",
-                   help="comma list of stages to run: train, attack, report (default all)")
+    p.add_argument(
+        "--stages",
+        default="train,attack,report",
+        help="comma list of stages to run: train, attack, report (default all)",
+    )
     p.add_argument("--grid-dir", help="folder of grid files (default configs/reproduce)")
-    p.add_argument("--models", help="comma list of grid model keys to train/attack, in this order (default: all, "
-                                    "in grid order); e.g. two processes on two cores, each with its share")
+    p.add_argument(
+        "--models",
+        help="comma list of grid model keys to train/attack, in this order (default: all, "
+        "in grid order); e.g. two processes on two cores, each with its share",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the attack subset and attacks")
+    p.add_argument(
+        "--pareto-runs",
+        help="comma list of extra run folders or glob patterns (e.g. 'sweeps/lam/*': sweep trials) drawn on "
+        "the report's robustness-vs-memory plots beside the grid's models and its pareto_runs",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return "reproduce"
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from .reproduce import reproduce
 
     out = args.out or f"results/{args.dataset}-{args.budget}"
-    path = reproduce(args.dataset, args.budget, out, data_dir=args.data_dir,
-                     stages=[s.strip() for s in args.stages.split(",") if s.strip()], seed=args.seed,
-                     progress=not args.quiet, configs_dir=args.grid_dir,
-                     models=[m.strip() for m in args.models.split(",") if m.strip()] if args.models else None)
+    path = reproduce(
+        args.dataset,
+        args.budget,
+        out,
+        data_dir=args.data_dir,
+        stages=[s.strip() for s in args.stages.split(",") if s.strip()],
+        seed=args.seed,
+        progress=not args.quiet,
+        configs_dir=args.grid_dir,
+        models=[m.strip() for m in args.models.split(",") if m.strip()] if args.models else None,
+        # taken from the working directory here (the grid's pareto_runs: from the output folder)
+        extra_runs=[os.path.abspath(r.strip()) for r in (args.pareto_runs or "").split(",") if r.strip()],
+    )
     print(f"report: {path}" if path.name == "report.md" else f"results in {path}")
     return 0

@@ -13,8 +13,21 @@ from ..config import RunConfig, apply_overrides, config_from_dict
 from ..errors import ConfigError
 
 ROLES = ["proposed", "reference", "reference_quantized", "float", "ablation", "variant"]
-TOP_KEYS = {"dataset", "surrogate", "eps", "attacks", "onnx_attacks", "base", "budgets", "models"}
-BUDGET_KEYS = {"epochs", "train_subset", "test_subset", "attack_n", "attack_params", "skip_attacks"}
+TOP_KEYS = {
+    "dataset",
+    "surrogate",
+    "surrogates",
+    "eps",
+    "attacks",
+    "onnx_attacks",
+    "base",
+    "budgets",
+    "models",
+    "pareto_runs",
+}
+BUDGET_KEYS = {"epochs", "train_subset", "test_subset", "attack_n", "attack_params", "skip_attacks", "cascade"}
+DEFAULT_ATTACK_N = 500
+TRANSFER = "transfer"
 MODEL_KEYS = {"key", "label", "role", "config"}
 
 
@@ -30,7 +43,7 @@ class GridModel:
 class Grid:
     path: Path
     dataset: str
-    surrogate: str | None
+    surrogates: List[str]  # float models the transfer attack crafts on: one transfer@<key> entry each
     eps: List[float]
     white: List[str]
     black: List[str]
@@ -38,6 +51,8 @@ class Grid:
     budgets: Dict[str, Dict[str, Any]]
     models: List[GridModel] = field(default_factory=list)
     onnx_attacks: List[str] = field(default_factory=list)  # black-box attacks on the proposed model's ONNX file
+    # extra run folders (paths or glob patterns, relative to the output folder) drawn on the Pareto plots
+    pareto_runs: List[str] = field(default_factory=list)
 
     def model(self, key: str) -> GridModel:
         for m in self.models:
@@ -58,6 +73,29 @@ class Grid:
             return config_from_dict(apply_overrides(raw, over))
         except ConfigError as exc:
             raise ConfigError(f"{self.path}: model {m.key}: {exc}") from None
+
+    @property
+    def surrogate(self) -> str | None:  # the first surrogate (older callers)
+        return self.surrogates[0] if self.surrogates else None
+
+    def attack_n(self, budget: str, key: str) -> int:
+        """Test images the model ``key`` is attacked on (``attack_n``: a number, or per model with ``default``)."""
+        n = self.budget(budget).get("attack_n", DEFAULT_ATTACK_N)
+        return int(n.get(key, n.get("default", DEFAULT_ATTACK_N))) if isinstance(n, dict) else int(n)
+
+    def cascade(self, budget: str) -> bool:
+        return bool(self.budget(budget).get("cascade", False))
+
+    def model_attacks(self, budget: str, key: str, ready: List[str] | None = None) -> List[str]:
+        """The attack order (cascade) for model ``key``: white, then black, with ``transfer`` expanded to one
+        ``transfer@<surrogate>`` per surrogate other than the model itself (only those in ``ready``, when given),
+        placed LAST: attacks some compared model cannot face come after the common ones, so the common set is a
+        prefix of every model's cascade and the report's worst case over it is exact."""
+        white, black = self.attacks_for(budget)
+        names = [a for a in white + black if a != TRANSFER]
+        if TRANSFER in white + black:
+            names += [f"{TRANSFER}@{s}" for s in self.surrogates if s != key and (ready is None or s in ready)]
+        return names
 
     def attacks_for(self, budget: str) -> tuple[List[str], List[str]]:
         """(white, black) attack names run under ``budget`` (its ``skip_attacks`` removed)."""
@@ -93,7 +131,7 @@ def _check_attacks(path: Path, atk: Dict[str, Any], budgets: Dict[str, Any]) -> 
                 spec = get_attack(name)
             except AttackError as exc:
                 raise ConfigError(f"{path}: attacks.{family}: {exc}") from None
-            if spec.family != family:
+            if spec.family != family and not (spec.family == "ensemble" and family == "white"):
                 raise ConfigError(f"{path}: attacks.{family}: {name!r} is a {spec.family}-box attack")
     for bname, b in budgets.items():
         for name in b.get("skip_attacks") or []:
@@ -101,7 +139,7 @@ def _check_attacks(path: Path, atk: Dict[str, Any], budgets: Dict[str, Any]) -> 
                 get_attack(name)
             except AttackError as exc:
                 raise ConfigError(f"{path}: budgets.{bname}.skip_attacks: {exc}") from None
-        for name in (b.get("attack_params") or {}):
+        for name in b.get("attack_params") or {}:
             if name != "masking":
                 try:
                     get_attack(name)
@@ -124,42 +162,95 @@ def load_grid(path: str | Path) -> Grid:
     for k in ("dataset", "eps", "attacks", "budgets", "models"):
         _require(k in raw, f"{path}: missing key {k!r}")
     eps = raw["eps"]
-    _require(isinstance(eps, list) and eps and all(isinstance(e, (int, float)) and 0 < e <= 255 for e in eps),
-             f"{path}: eps must be a non-empty list of numbers in (0, 255] (pixel units /255)")
+    _require(
+        isinstance(eps, list) and eps and all(isinstance(e, (int, float)) and 0 < e <= 255 for e in eps),
+        f"{path}: eps must be a non-empty list of numbers in (0, 255] (pixel units /255)",
+    )
     atk = raw["attacks"]
-    _require(isinstance(atk, dict) and set(atk) <= {"white", "black"},
-             f"{path}: attacks must be a mapping with keys white and black")
+    _require(
+        isinstance(atk, dict) and set(atk) <= {"white", "black"},
+        f"{path}: attacks must be a mapping with keys white and black",
+    )
     budgets = raw["budgets"]
     _require(isinstance(budgets, dict) and budgets, f"{path}: budgets must be a non-empty mapping")
     for name, b in budgets.items():
         _require(isinstance(b, dict), f"{path}: budgets.{name} must be a mapping")
         bad = set(b) - BUDGET_KEYS
         if bad:
-            raise ConfigError(f"{path}: budgets.{name}: unknown key {sorted(bad)[0]!r}; allowed: {', '.join(sorted(BUDGET_KEYS))}")
-        _require(isinstance(b.get("epochs"), int) and b["epochs"] >= 1, f"{path}: budgets.{name}.epochs must be an integer >= 1")
+            raise ConfigError(
+                f"{path}: budgets.{name}: unknown key {sorted(bad)[0]!r}; allowed: {', '.join(sorted(BUDGET_KEYS))}"
+            )
+        _require(
+            isinstance(b.get("epochs"), int) and b["epochs"] >= 1,
+            f"{path}: budgets.{name}.epochs must be an integer >= 1",
+        )
     models = []
     keys = set()
     for i, m in enumerate(raw["models"] or []):
         _require(isinstance(m, dict), f"{path}: models[{i}] must be a mapping")
         bad = set(m) - MODEL_KEYS
         if bad:
-            raise ConfigError(f"{path}: models[{i}]: unknown key {sorted(bad)[0]!r}; allowed: {', '.join(sorted(MODEL_KEYS))}")
+            raise ConfigError(
+                f"{path}: models[{i}]: unknown key {sorted(bad)[0]!r}; allowed: {', '.join(sorted(MODEL_KEYS))}"
+            )
         _require(isinstance(m.get("key"), str) and m["key"], f"{path}: models[{i}].key must be a non-empty string")
         _require(m.get("key") not in keys, f"{path}: models[{i}].key {m['key']!r} is used twice")
         keys.add(m["key"])
         role = m.get("role", "variant")
         _require(role in ROLES, f"{path}: models[{i}].role {role!r}; choose one of: {', '.join(ROLES)}")
         models.append(GridModel(m["key"], m.get("label", m["key"]), role, m.get("config") or {}))
+    if "surrogate" in raw and "surrogates" in raw:
+        raise ConfigError(f"{path}: give either surrogate or surrogates, not both")
+    surrogates = raw.get("surrogates", [raw["surrogate"]] if raw.get("surrogate") else [])
+    _require(
+        isinstance(surrogates, list)
+        and all(isinstance(s, str) for s in surrogates)
+        and len(set(surrogates)) == len(surrogates),
+        f"{path}: surrogates must be a list of distinct model keys",
+    )
+    for name, b in budgets.items():
+        n = b.get("attack_n", DEFAULT_ATTACK_N)
+        if isinstance(n, dict):
+            bad = sorted(set(n) - keys - {"default"})
+            _require(
+                not bad,
+                f"{path}: budgets.{name}.attack_n: {bad[0] if bad else ''!r} is not a model key; "
+                f"keys: {', '.join(m.key for m in models)} (or default)",
+            )
+            vals = list(n.values())
+        else:
+            vals = [n]
+        _require(
+            all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in vals),
+            f"{path}: budgets.{name}.attack_n must be an integer >= 1 or a mapping of model key to one",
+        )
+        _require(isinstance(b.get("cascade", False), bool), f"{path}: budgets.{name}.cascade must be true or false")
     _require(sum(m.role == "proposed" for m in models) == 1, f"{path}: exactly one model must have role: proposed")
     _require(any(m.role == "reference" for m in models), f"{path}: at least one model must have role: reference")
     onnx_attacks = list(raw.get("onnx_attacks") or [])
     _check_attacks(path, {**atk, "black": list(atk.get("black") or []) + onnx_attacks}, budgets)
-    if "transfer" in onnx_attacks:
+    if any(a.split("@")[0] == "transfer" for a in onnx_attacks):
         raise ConfigError(f"{path}: onnx_attacks: transfer is not supported on the exported file; use query attacks")
-    grid = Grid(path, raw["dataset"], raw.get("surrogate"), [float(e) for e in eps], list(atk.get("white") or []),
-                list(atk.get("black") or []), raw.get("base") or {}, budgets, models, onnx_attacks)
-    if grid.surrogate:
-        grid.model(grid.surrogate)
+    pareto_runs = raw.get("pareto_runs") or []
+    _require(
+        isinstance(pareto_runs, list) and all(isinstance(r, str) and r for r in pareto_runs),
+        f"{path}: pareto_runs must be a list of run folders or glob patterns (relative to the output folder)",
+    )
+    grid = Grid(
+        path,
+        raw["dataset"],
+        list(surrogates),
+        [float(e) for e in eps],
+        list(atk.get("white") or []),
+        list(atk.get("black") or []),
+        raw.get("base") or {},
+        budgets,
+        models,
+        onnx_attacks,
+        list(pareto_runs),
+    )
+    for s in grid.surrogates:
+        grid.model(s)
     for budget in budgets:  # every model's config must validate under every budget
         for m in models:
             grid.run_config(m, budget)

@@ -1,13 +1,17 @@
 """Write ``report.md`` and a self-contained ``report.html`` from a reproduce output folder.
 
-Inputs: ``runs/<key>/summary.json`` (training) and ``attacks/<key>/robustness.json`` (attacks).
-Both reports are built from the same tables; plots are PNGs embedded in the HTML as base64 and
-written beside the Markdown.
+Inputs: ``runs/<key>/summary.json`` (training) and ``attacks/<key>/robustness.json`` (attacks,
+schema 2: per-image outcomes). The headline is the per-image worst case over one attack set shared
+by every compared model (:mod:`.compare`), each accuracy with its Wilson 95% interval and n, each
+proposed-minus-other delta with a paired 95% interval on the same images (:mod:`.stats`). Family
+means, the paper's figure of merit, are a secondary table and carry the masking flag. Plots are PNGs
+embedded in the HTML as base64 and written beside the Markdown.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -15,8 +19,11 @@ import platform
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..errors import TinyRobustError
 from ..io_utils import atomic_write, atomic_write_json, atomic_write_text
+from .compare import MASKING_NOTE, check_schema, compare, cumulative, ekey, faced, masked, survived_both
 from .grid import Grid
+from .stats import format_ci
 
 # Headline figures of Ayaz et al. (IJCNN 2023 abstract): proposed minus MLCommons/Tiny model,
 # in accuracy points, averaged over the attack family.
@@ -30,106 +37,278 @@ Table = Tuple[List[str], List[List[str]]]
 
 
 def _pct(v: Optional[float]) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+    return "n/a" if v is None else f"{100 * v:.1f}"
 
 
 def _load(path: Path) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_fresh(out: Path, key: str, res: Dict[str, Any], name: str = "robustness.json") -> None:
+    """Refuse attack results computed on other weights than the run's (or from another surrogate)."""
+    where = f"attacks/{key}/{name}"
+    meta = res.get("meta") or {}
+    weights = out / "runs" / key / "model.safetensors"
+    want = meta.get("model_sha256")
+    if not want:
+        raise TinyRobustError(f"{where} records no model_sha256: attack model {key} again with this version")
+    if weights.is_file() and sha256_file(weights) != want:
+        raise TinyRobustError(
+            f"{where} is stale: it was computed on other weights than runs/{key}/model.safetensors "
+            f"(sha256 {want[:12]} vs {sha256_file(weights)[:12]}); attack {key} again "
+            f"(tinyrobust reproduce --stages attack)"
+        )
+    for skey, s in (meta.get("surrogates") or {}).items():
+        sw = out / "runs" / skey / "model.safetensors"
+        if sw.is_file() and s.get("sha256") and sha256_file(sw) != s["sha256"]:
+            raise TinyRobustError(
+                f"{where} is stale: its transfer@{skey} used other surrogate weights than "
+                f"runs/{skey}/model.safetensors; attack {key} again"
+            )
+
+
 def collect(grid: Grid, out: Path, budget: Optional[str] = None) -> Dict[str, Any]:
-    """Gather every model's training summary and attack results into one JSON-able dict."""
+    """Gather every model's training summary and attack results into one JSON-able dict, and compare them."""
     models = []
     for m in grid.models:
         summary = _load(out / "runs" / m.key / "summary.json")
         attacks = _load(out / "attacks" / m.key / "robustness.json")
-        models.append({"key": m.key, "label": m.label, "role": m.role, "config": m.config,
-                       "summary": summary, "attacks": attacks,
-                       "onnx_attacks": _load(out / "attacks" / m.key / "robustness_onnx.json"),
-                       "onnx_verify": _load(out / "runs" / m.key / "model.onnx.verify.json")})
+        onnx = _load(out / "attacks" / m.key / "robustness_onnx.json")
+        if attacks is not None:
+            check_schema(m.key, attacks, f"attacks/{m.key}/robustness.json")
+            check_fresh(out, m.key, attacks)
+        if onnx is not None:
+            check_schema(m.key, onnx, f"attacks/{m.key}/robustness_onnx.json")
+        models.append(
+            {
+                "key": m.key,
+                "label": m.label,
+                "role": m.role,
+                "config": m.config,
+                "summary": summary,
+                "attacks": attacks,
+                "onnx_attacks": onnx,
+                "onnx_verify": _load(out / "runs" / m.key / "model.onnx.verify.json"),
+            }
+        )
     white, black = grid.attacks_for(budget) if budget else (grid.white, grid.black)
-    return {"dataset": grid.dataset, "eps": grid.eps, "white": white, "black": black, "models": models,
-            "skipped_attacks": [a for a in grid.white + grid.black if a not in white + black]}
+    data = {
+        "dataset": grid.dataset,
+        "eps": grid.eps,
+        "white": white,
+        "black": black,
+        "models": models,
+        "skipped_attacks": [a for a in grid.white + grid.black if a not in white + black],
+    }
+    data["comparison"] = compare(models, grid.eps)
+    return data
 
 
-def _acc(res: Dict[str, Any], attack: str, eps: float) -> Optional[float]:
-    a = (res or {}).get("attacks", {}).get(attack)
-    if not a:
-        return None
-    r = a["results"].get(f"{eps:g}")
-    return None if r is None else r["robust_accuracy"]
+def _attack_names(data: Dict[str, Any]) -> List[str]:
+    """Every attack any model faced, in the first attacked model's cascade order."""
+    names: List[str] = []
+    for m in data["models"]:
+        if m["attacks"]:
+            names += [a for a in faced(m["attacks"]) if a not in names]
+    return names
+
+
+def _family_of(data: Dict[str, Any], attack: str) -> str:
+    for m in data["models"]:
+        a = (m["attacks"] or {}).get("attacks", {}).get(attack)
+        if a:
+            return a.get("family", "white")
+    return "white"
 
 
 def family_mean(res: Optional[Dict[str, Any]], attacks: List[str], eps: List[float]) -> Optional[float]:
-    """Mean robust accuracy over the attacks of a family that ran, and over all budgets."""
-    vals = [_acc(res, a, e) for a in attacks for e in eps]
+    """Mean over attacks and budgets of each attack's recorded robust accuracy (the paper's figure of
+    merit; secondary: a mean lets a weak attack dilute a strong one)."""
+    vals = [
+        ((res or {}).get("attacks", {}).get(a) or {}).get("results", {}).get(ekey(e), {}).get("robust_accuracy")
+        for a in attacks
+        for e in eps
+    ]
     vals = [v for v in vals if v is not None]
     return sum(vals) / len(vals) if vals else None
 
 
-def headline(data: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Proposed minus each reference model, per attack family, beside the paper's figure."""
-    proposed = next(m for m in data["models"] if m["role"] == "proposed")
-    rows = []
-    for ref in (m for m in data["models"] if m["role"] in ("reference", "reference_quantized")):
-        for fam in ("white", "black"):
-            names = data[fam]
-            p = family_mean(proposed["attacks"], names, data["eps"])
-            r = family_mean(ref["attacks"], names, data["eps"])
-            rows.append({
-                "family": fam, "proposed": proposed["key"], "reference": ref["key"],
-                "proposed_mean": p, "reference_mean": r,
-                "delta_points": None if p is None or r is None else 100 * (p - r),
-                "paper_delta_points": PAPER_DELTAS.get((data["dataset"], fam)),
-            })
-        p, r = worst_case_mean(proposed["attacks"], data["eps"]), worst_case_mean(ref["attacks"], data["eps"])
-        rows.append({"family": "worst-case", "proposed": proposed["key"], "reference": ref["key"],
-                     "proposed_mean": p, "reference_mean": r,
-                     "delta_points": None if p is None or r is None else 100 * (p - r), "paper_delta_points": None})
-    return rows
-
-
-def worst_case_mean(res: Optional[Dict[str, Any]], eps: List[float]) -> Optional[float]:
-    """Mean over budgets of per-image worst-case accuracy (robust only if every attack failed)."""
-    wc = (res or {}).get("worst_case") or {}
-    vals = [wc[f"{e:g}"]["robust_accuracy"] for e in eps if f"{e:g}" in wc]
-    return sum(vals) / len(vals) if vals else None
+def _mark(m: Dict[str, Any]) -> str:
+    return f" ({MASKING_NOTE})" if masked(m["attacks"]) else ""
 
 
 def tables(data: Dict[str, Any]) -> Dict[str, Table]:
     eps = data["eps"]
+    cmp = data["comparison"]
+    attacked = [m for m in data["models"] if m["attacks"]]
     t: Dict[str, Table] = {}
+
     head = ["model", "role", "weights", "acts", "params", "weight KB", "clean acc % (test)", "epochs"]
     rows = []
     for m in data["models"]:
         s, q = m["summary"] or {}, m["config"].get("model", {}).get("quant", {})
-        rows.append([m["label"], m["role"], q.get("weight", "float"), q.get("act", "float"),
-                     f"{s.get('parameters', 0):,}" if s else "-", f"{s['weight_kb']:.1f}" if s else "-",
-                     _pct(s.get("test_accuracy")) if s else "not trained", str(s.get("epochs", "-")) if s else "-"])
+        rows.append(
+            [
+                m["label"],
+                m["role"],
+                q.get("weight", "float"),
+                q.get("act", "float"),
+                f"{s.get('parameters', 0):,}" if s else "-",
+                f"{s['weight_kb']:.1f}" if s else "-",
+                _pct(s.get("test_accuracy")) if s else "not trained",
+                str(s.get("epochs", "-")) if s else "-",
+            ]
+        )
     t["models"] = (head, rows)
 
-    attack_names = [a for a in data["white"] + data["black"]
-                    if any(m["attacks"] and a in m["attacks"].get("attacks", {}) for m in data["models"])]
-    for a in attack_names:
+    # headline: worst case over the common set, Wilson CI and n
+    gradient_free = any(_family_of(data, a) in ("black", "ensemble") for a in cmp["common"])
+    rows = []
+    for m in data["models"]:
+        if not m["attacks"]:
+            rows.append([m["label"], m["role"], "not attacked"] + ["n/a"] * len(eps))
+            continue
+        pm = cmp["models"][m["key"]]
+        clean = format_ci(pm["clean"]["robust_accuracy"], pm["clean"]["ci95"])
+        if pm["masked"] and not gradient_free:  # its worst case rests on gradients it masks: void
+            rows.append(
+                [m["label"] + _mark(m), m["role"], clean]
+                + ["not headlined: no gradient-free attack in the common set"] * len(eps)
+                + [str(pm["n"])]
+            )
+            continue
+        rows.append(
+            [m["label"] + _mark(m), m["role"], clean]
+            + [format_ci(pm["worst_case"][ekey(e)]["robust_accuracy"], pm["worst_case"][ekey(e)]["ci95"]) for e in eps]
+            + [str(pm["n"])]
+        )
+    t["headline"] = (["model", "role", "clean % [95% CI]"] + [f"eps {e:g}/255 % [95% CI]" for e in eps] + ["n"], rows)
+
+    labels = {m["key"]: m["label"] for m in data["models"]}
+    by_key = {m["key"]: m for m in data["models"]}
+    rows = []
+    proposed_key = next((d["proposed"] for d in cmp["deltas"]), None)
+    for other in dict.fromkeys(d["other"] for d in cmp["deltas"]):
+        ds = {d["eps"]: d for d in cmp["deltas"] if d["other"] == other}
+        void = not gradient_free and (cmp["models"][other]["masked"] or cmp["models"][proposed_key]["masked"])
+        if void:  # a difference with a masked model's gradient-only worst case means nothing
+            rows.append(
+                [labels[other] + _mark(by_key[other]), by_key[other]["role"]]
+                + ["not headlined: gradient masking suspected, no gradient-free attack in the common set"] * len(eps)
+                + [str(cmp["n_shared"])]
+            )
+            continue
+        rows.append(
+            [labels[other] + _mark(by_key[other]), by_key[other]["role"]]
+            + [
+                f"{100 * ds[ekey(e)]['delta']:+.1f} [{100 * ds[ekey(e)]['ci95'][0]:+.1f}, "
+                f"{100 * ds[ekey(e)]['ci95'][1]:+.1f}]"
+                for e in eps
+            ]
+            + [str(cmp["n_shared"])]
+        )
+    t["deltas"] = (
+        ["proposed minus", "role"] + [f"eps {e:g}/255 points [paired 95% CI]" for e in eps] + ["n (shared)"],
+        rows,
+    )
+
+    # black-box summary: per-image worst case over the common black-box attacks
+    rows = []
+    for m in attacked:
+        bw = cmp["models"][m["key"]]["black_worst_case"]
+        if not bw:
+            continue
+        cells = []
+        for e in eps:
+            b = bw[ekey(e)]
+            cell = format_ci(b["robust_accuracy"], b["ci95"])
+            if b["undetermined"]:
+                cell = (
+                    f"{_pct(b['robust_accuracy'])}-{_pct(b['upper'])} (bounds: {b['undetermined']} image(s) "
+                    f"broken first by white-box attacks)"
+                )
+            cells.append(cell)
+        rows.append([m["label"], ", ".join(cmp["black_common"])] + cells)
+    t["black"] = (["model", "black-box attacks"] + [f"eps {e:g}/255 % [95% CI]" for e in eps], rows)
+
+    # secondary: family means (the paper's figure of merit), masking flagged
+    fam_attacks = {
+        f: [a for a in cmp["common"] if _family_of(data, a) in ((f, "ensemble") if f == "white" else (f,))]
+        for f in ("white", "black")
+    }
+    rows = []
+    proposed = next((m for m in attacked if m["role"] == "proposed"), None)
+    for m in attacked:
+        row = [m["label"], m["role"]]
+        for f in ("white", "black"):
+            v = family_mean(m["attacks"], fam_attacks[f], eps)
+            row.append(_pct(v) + (f" ({MASKING_NOTE})" if f == "white" and masked(m["attacks"]) else ""))
+        rows.append(row)
+    t["family"] = (["model", "role", "mean white-box %", "mean black-box %"], rows)
+    rows = []
+    if proposed is not None:
+        for ref in (m for m in attacked if m["role"] in ("reference", "reference_quantized")):
+            for f in ("white", "black"):
+                p = family_mean(proposed["attacks"], fam_attacks[f], eps)
+                r = family_mean(ref["attacks"], fam_attacks[f], eps)
+                either = masked(proposed["attacks"]) or masked(ref["attacks"])
+                flag = f" ({MASKING_NOTE})" if f == "white" and either else ""
+                paper = PAPER_DELTAS.get((data["dataset"], f))
+                rows.append(
+                    [
+                        f"{f}-box mean",
+                        ref["label"],
+                        _pct(p),
+                        _pct(r),
+                        ("n/a" if p is None or r is None else f"{100 * (p - r):+.1f}") + flag,
+                        "-" if paper is None else f"{paper:+.1f}",
+                    ]
+                )
+    t["paper"] = (
+        ["attacks", "reference", "proposed mean %", "reference mean %", "delta (points)", "paper's delta"],
+        rows,
+    )
+
+    # per attack: cumulative robust accuracy after it in each model's cascade; n/a where not faced
+    for a in _attack_names(data):
         rows = []
         for m in data["models"]:
             res = m["attacks"]
-            rows.append([m["label"], _pct(res["clean_accuracy"]) if res else "-"] + [_pct(_acc(res, a, e)) for e in eps])
+            if not res:
+                rows.append([m["label"], "n/a"] + ["n/a"] * len(eps))
+                continue
+            reason = cmp["skipped"].get(m["key"], {}).get(a) or (res.get("skipped") or {}).get(a)
+            cells = []
+            for e in eps:
+                c = cumulative(res, a, e)
+                cells.append(
+                    "n/a" if c is None else f"{_pct(c['robust_accuracy'])} (broke {c['broke']} of {c['tried']})"
+                )
+            if a not in res["attacks"]:
+                cells = [f"n/a ({reason or 'not run'})"] + ["n/a"] * (len(eps) - 1)
+            rows.append([m["label"], _pct(res["clean_accuracy"])] + cells)
         t[f"attack:{a}"] = (["model", "clean"] + [f"eps {e:g}/255" for e in eps], rows)
 
     rows = []
-    for m in data["models"]:
-        res = m["attacks"]
-        wc = (res or {}).get("worst_case", {})
-        rows.append([m["label"], _pct(family_mean(res, data["white"], eps)), _pct(family_mean(res, data["black"], eps))]
-                    + [_pct(wc.get(f"{e:g}", {}).get("robust_accuracy")) for e in eps])
-    t["summary"] = (["model", "mean white-box", "mean black-box"] + [f"worst case eps {e:g}" for e in eps], rows)
+    for m in attacked:
+        win = m["attacks"].get("white_box_winner") or {}
+        if win:
+            rows.append([m["label"]] + [_winner(win.get(ekey(e))) for e in eps])
+    t["winner"] = (["model"] + [f"eps {e:g}/255" for e in eps], rows)
 
     rows = []
     for m in data["models"]:
         mc = (m["attacks"] or {}).get("masking_checks")
         if not mc:
-            rows.append([m["label"], "not attacked", ""])
+            rows.append([m["label"], "not attacked" if not m["attacks"] else "no checks run", ""])
             continue
         failed = [c for c in mc["checks"] if c["passed"] is False]
         rows.append([m["label"], mc["verdict"], "; ".join(f"{c['check']}: {c['detail']}" for c in failed)])
@@ -138,28 +317,40 @@ def tables(data: Dict[str, Any]) -> Dict[str, Table]:
     rows = []
     for m in data["models"]:
         onnx = m.get("onnx_attacks")
-        if not onnx:
+        if not onnx or not m["attacks"]:
             continue
         v = m.get("onnx_verify") or {}
         for a in onnx.get("attacks", {}):
-            rows.append([m["label"], a, _pct((m["attacks"] or {}).get("clean_accuracy")), _pct(onnx["clean_accuracy"])]
-                        + [f"{_pct(_acc(m['attacks'], a, e))} / {_pct(_acc(onnx, a, e))}" for e in eps])
+            cells = []
+            for e in eps:
+                s = survived_both(m["attacks"], onnx, a, e)
+                cells.append("n/a" if s is None else f"{s[0]} / {s[1]} of {s[2]}")
+            rows.append([m["label"], a, _pct(m["attacks"]["clean_accuracy"]), _pct(onnx["clean_accuracy"])] + cells)
         if v:
-            rows.append([m["label"], "export check", "", "",
-                         f"top-1 agreement {_pct(v.get('agreement'))}% on {v.get('n', '?')} test images; "
-                         f"max logit diff {v.get('max_abs_logit_diff', float('nan')):.2g}"] + [""] * (len(eps) - 1))
-    t["onnx"] = (["model", "attack", "clean PyTorch", "clean ONNX"] + [f"eps {e:g}: PyTorch / ONNX" for e in eps], rows)
-
-    rows = []
-    for h in headline(data):
-        rows.append([h["family"] + ("-box" if h["family"] in ("white", "black") else " (all attacks, per image)"),
-                     h["proposed"], h["reference"], _pct(h["proposed_mean"]),
-                     _pct(h["reference_mean"]),
-                     "-" if h["delta_points"] is None else f"{h['delta_points']:+.1f}",
-                     "-" if h["paper_delta_points"] is None else f"{h['paper_delta_points']:+.1f}"])
-    t["headline"] = (["attacks", "proposed", "reference", "proposed mean %", "reference mean %",
-                      "delta (points)", "paper's delta"], rows)
+            rows.append(
+                [
+                    m["label"],
+                    "export check",
+                    "",
+                    "",
+                    f"top-1 agreement {_pct(v.get('agreement'))}% on {v.get('n', '?')} test images; "
+                    f"max logit diff {v.get('max_abs_logit_diff', float('nan')):.2g}",
+                ]
+                + [""] * (len(eps) - 1)
+            )
+    t["onnx"] = (
+        ["model", "attack", "clean PyTorch", "clean ONNX"] + [f"eps {e:g}: survived PyTorch / ONNX" for e in eps],
+        rows,
+    )
     return t
+
+
+def _winner(w: Optional[Dict[str, Any]]) -> str:
+    if not w or not w.get("attack"):
+        return "n/a"
+    if w.get("n_broken") is not None and w.get("robust_accuracy") is None:
+        return f"{w['attack']} (broke {w['n_broken']})"
+    return f"{w['attack']} ({_pct(w.get('robust_accuracy'))}%)"
 
 
 def md_table(t: Table) -> str:
@@ -177,66 +368,71 @@ def html_table(t: Table) -> str:
 
 
 def plots(data: Dict[str, Any]) -> Dict[str, bytes]:
-    """PNG bytes: accuracy against epsilon per attack, and robust accuracy against weight memory."""
+    """PNG bytes: headline worst case against eps (with 95% CIs) and robust accuracy after each attack of
+    the cascade (accuracy against weight memory: :mod:`.pareto`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     eps = data["eps"]
-    names = [a for a in data["white"] + data["black"]
-             if any(m["attacks"] and a in m["attacks"].get("attacks", {}) for m in data["models"])]
+    cmp = data["comparison"]
+    attacked = [m for m in data["models"] if m["attacks"]]
     out: Dict[str, bytes] = {}
+    if attacked:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for idx, m in enumerate(attacked):
+            wc = cmp["models"][m["key"]]["worst_case"]
+            ys = [100 * wc[ekey(e)]["robust_accuracy"] for e in eps]
+            lo = [y - 100 * wc[ekey(e)]["ci95"][0] for y, e in zip(ys, eps)]
+            hi = [100 * wc[ekey(e)]["ci95"][1] - y for y, e in zip(ys, eps)]
+            shift = 2 ** (0.06 * (idx - (len(attacked) - 1) / 2))  # side by side, so the intervals stay readable
+            ax.errorbar(
+                [e * shift for e in eps],
+                ys,
+                yerr=[lo, hi],
+                marker="o",
+                capsize=3,
+                label=m["label"] + _mark(m),
+                lw=2.5 if m["role"] == "proposed" else 1.2,
+            )
+        ax.set_xlabel("epsilon (/255, L-inf)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(eps, [f"{e:g}" for e in eps])
+        ax.set_ylabel("worst-case robust accuracy % (95% CI)")
+        ax.set_title("headline: per-image worst case over the common attack set", fontsize=9)
+        ax.set_ylim(-2, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        out["worst_case_vs_eps.png"] = _png(fig)
+        plt.close(fig)
+
+    names = _attack_names(data)
     if names:
         cols = min(3, len(names))
         rows = (len(names) + cols - 1) // cols
         fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
         for ax, a in zip(axes.flat, names):
-            for m in data["models"]:
-                res = m["attacks"]
-                if not res or a not in res.get("attacks", {}):
+            for m in attacked:
+                if a not in m["attacks"]["attacks"]:
                     continue
-                xs = [0] + eps
-                ys = [100 * res["clean_accuracy"]] + [100 * (_acc(res, a, e) or 0) for e in eps]
-                ax.plot(xs, ys, marker="o", label=m["label"], lw=2.5 if m["role"] == "proposed" else 1.2)
-            fam = next(iter(m["attacks"]["attacks"][a]["family"] for m in data["models"]
-                            if m["attacks"] and a in m["attacks"]["attacks"]))
-            ax.set_title(f"{a} ({fam}-box)")
+                ys = [100 * m["attacks"]["clean_accuracy"]] + [
+                    100 * cumulative(m["attacks"], a, e)["robust_accuracy"] for e in eps
+                ]
+                ax.plot([0] + eps, ys, marker="o", label=m["label"], lw=2.5 if m["role"] == "proposed" else 1.2)
+            ax.set_title(f"after {a} ({_family_of(data, a)}-box)", fontsize=9)
             ax.set_xlabel("epsilon (/255, L-inf)")
             ax.set_ylabel("accuracy %")
             ax.set_ylim(-2, 100)
             ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(names):]:
+        for ax in list(axes.flat)[len(names) :]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=7)
         fig.tight_layout()
         out["accuracy_vs_eps.png"] = _png(fig)
         plt.close(fig)
 
-    pts = []
-    for m in data["models"]:
-        if m["summary"] and m["attacks"]:
-            pts.append((m["summary"]["weight_kb"], family_mean(m["attacks"], data["white"], eps),
-                        family_mean(m["attacks"], data["black"], eps), m["label"], m["role"]))
-    if pts:
-        fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        for kb, w, b, label, role in pts:
-            if w is not None:
-                ax.scatter(kb, 100 * w, marker="o", s=70 if role == "proposed" else 35, color="tab:red")
-            if b is not None:
-                ax.scatter(kb, 100 * b, marker="s", s=70 if role == "proposed" else 35, color="tab:blue")
-            ax.annotate(label, (kb, 100 * (w if w is not None else b or 0)), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points")
-        ax.scatter([], [], marker="o", color="tab:red", label="mean white-box")
-        ax.scatter([], [], marker="s", color="tab:blue", label="mean black-box")
-        ax.set_xscale("log")
-        ax.set_xlabel("weight memory (KB, log scale)")
-        ax.set_ylabel("robust accuracy % (mean over attacks and eps)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        out["robustness_vs_memory.png"] = _png(fig)
-        plt.close(fig)
     return out
 
 
@@ -246,18 +442,28 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _machine(meta: Dict[str, Any]) -> str:
+    m = meta.get("machine") or {}
+    s = f"{m.get('platform', platform.platform())}, {m.get('processor') or '?'}, {m.get('cpu_count', '?')} CPUs"
+    if m.get("accelerator"):
+        s += f", accelerator {m['accelerator']}"
+    return s
+
+
 def _context(grid: Grid, budget: str, out: Path, data: Dict[str, Any]) -> List[str]:
     meta = _load(out / "reproduce.json") or {}
-    sources = {(m["summary"] or {}).get("data_source") for m in data["models"]} - {None}
+    sources = {((m["attacks"] or {}).get("meta") or {}).get("dataset_source") for m in data["models"]} - {None}
+    sources = sources or {(m["summary"] or {}).get("data_source") for m in data["models"]} - {None}
     attacked = [m for m in data["models"] if m["attacks"]]
-    n = attacked[0]["attacks"]["n"] if attacked else None
+    ns = sorted({len(m["attacks"]["clean_correct"]) for m in attacked})
+    cmd = meta.get("command") or f"tinyrobust reproduce --dataset {grid.dataset} --budget {budget} --out {out.name}"
     lines = [
         f"- dataset: **{grid.dataset}**, read from {', '.join(sorted(sources)) or 'n/a'}",
         f"- budget: **{budget}**; grid: `{grid.path.name}`; seed {meta.get('seed', 0)}",
-        f"- command: `{meta.get('command') or f'tinyrobust reproduce --dataset {grid.dataset} --budget {budget} --out {out}'}`",
-        f"- machine: {(meta.get('machine') or {}).get('platform', platform.platform())}, "
-        f"{(meta.get('machine') or {}).get('cpu_count', '?')} CPUs",
-        f"- attacks: every model on the same seeded, class-stratified {n} test images; L-inf budgets "
+        f"- command: `{cmd}`",
+        f"- machine: {_machine(meta)}",
+        f"- attacks: every model on the same seeded, class-stratified test images ({'/'.join(map(str, ns)) or 'n/a'} "
+        f"images; smaller subsets are the first images of larger ones); L-inf budgets "
         f"{', '.join(f'{e:g}' for e in grid.eps)} (/255); robust accuracy counts clean errors as failures",
         f"- stage durations (s): {json.dumps(meta.get('stage_seconds', {}))}",
     ]
@@ -268,9 +474,36 @@ def _context(grid: Grid, budget: str, out: Path, data: Dict[str, Any]) -> List[s
     return lines
 
 
-FOOTPRINT_NOTE = ("Weights at their bit widths (biases 32-bit; BN folds into the layer before it); activation "
-                  "memory at the activation quantizer's bits: peak = largest single layer output, double buffer = "
-                  "largest pair of consecutive tensors (docs/deployment.md).")
+def _common_note(data: Dict[str, Any]) -> List[str]:
+    cmp = data["comparison"]
+    lines = [
+        f"The per-image worst case over the attacks every compared model faced: "
+        f"**{', '.join(cmp['common']) or 'none'}**. An image counts as robust only if it was classified "
+        f"correctly and no attack of this set broke it. Brackets: Wilson 95% interval."
+    ]
+    for a, keys in cmp["left_out"].items():
+        why = "; ".join(f"{k}: {cmp['skipped'].get(k, {}).get(a, 'not run')}" for k in keys)
+        lines.append(f"Left out of the common set (shown as n/a below): **{a}** ({why}).")
+    flagged = [m["label"] for m in data["models"] if masked(m["attacks"])]
+    if flagged:
+        has_black = bool(cmp["black_common"])
+        lines.append(
+            f"{MASKING_NOTE} for: {', '.join(flagged)}; "
+            + (
+                "the common set includes black-box attacks, so their worst case does not rest on gradients "
+                "alone, but read it as an upper bound."
+                if has_black
+                else "the common set has no black-box attack: their worst case is an upper bound only."
+            )
+        )
+    return lines
+
+
+FOOTPRINT_NOTE = (
+    "Weights at their bit widths (biases 32-bit; BN folds into the layer before it); activation "
+    "memory at the activation quantizer's bits: peak = largest single layer output, double buffer = "
+    "largest pair of consecutive tensors (docs/deployment.md)."
+)
 
 
 def footprint(grid: Grid, out: Path) -> Table:
@@ -284,71 +517,184 @@ def footprint(grid: Grid, out: Path) -> Table:
             continue
         fp = footprint_run(out / "runs" / m.key, references=False)
         q = m.config.get("model", {}).get("quant", {})
-        rows.append([m.label, f"w {q.get('weight', 'float')} / a {q.get('act', 'float')}", f"{fp['parameters']:,}",
-                     f"{fp['weight_kb']:.1f}", f"{fp['peak_act_kb']:.1f}", f"{fp['double_buffer_kb']:.1f}"])
+        rows.append(
+            [
+                m.label,
+                f"w {q.get('weight', 'float')} / a {q.get('act', 'float')}",
+                f"{fp['parameters']:,}",
+                f"{fp['weight_kb']:.1f}",
+                f"{fp['peak_act_kb']:.1f}",
+                f"{fp['double_buffer_kb']:.1f}",
+            ]
+        )
     for r in reference_footprints():
         if "skipped" in r:
             continue
-        rows.append([f"reference {r['model']}", r["precision"], f"{r['parameters']:,}", f"{r['weight_kb']:.1f}",
-                     f"{r['peak_act_kb']:.1f}", f"{r['double_buffer_kb']:.1f}"])
+        rows.append(
+            [
+                f"reference {r['model']}",
+                r["precision"],
+                f"{r['parameters']:,}",
+                f"{r['weight_kb']:.1f}",
+                f"{r['peak_act_kb']:.1f}",
+                f"{r['double_buffer_kb']:.1f}",
+            ]
+        )
     return head, rows
 
 
-def write_report(grid: Grid, budget: str, out: Path) -> Path:
+def _sections(
+    data: Dict[str, Any], t: Dict[str, Table], pareto_notes: Optional[List[str]] = None
+) -> List[Tuple[str, str, List[str], Optional[Table]]]:
+    """(level, title, paragraphs, table) in report order; shared by Markdown and HTML."""
+    cmp = data["comparison"]
+    s: List[Tuple[str, str, List[str], Optional[Table]]] = [
+        ("##", "Headline: worst-case robust accuracy (%)", _common_note(data), t["headline"]),
+        (
+            "##",
+            "Proposed model minus each other model (points)",
+            [
+                f"Paired on the same {cmp['n_shared']} images (the first {cmp['n_shared']} of every model's subset), "
+                f"worst case over the common set; interval: Newcombe's paired score interval (95%). An interval that "
+                f"excludes 0 is a difference these images can show."
+            ],
+            t["deltas"],
+        ),
+    ]
+    if t["black"][1]:
+        s.append(
+            (
+                "##",
+                "Black-box: per-image worst case (%)",
+                [
+                    "Robust only if no black-box attack of the common set broke the image (not a mean over attacks). "
+                    "Under the cascade black-box attacks only try images the white-box attacks left; where some were "
+                    "broken first, the exact value lies between the bounds shown."
+                ],
+                t["black"],
+            )
+        )
+    s += [
+        ("##", "Models", [], t["models"]),
+        ("##", "Gradient-masking checks", [], t["masking"]),
+        (
+            "###",
+            "Strongest white-box attack per model",
+            [
+                "Under the cascade: the white-box attack that broke the most images in its place of the cascade; "
+                "without it: the one with the lowest robust accuracy. Straight-through gradients losing to bpda (or to "
+                "AutoAttack's Square stage) is a sign of gradient masking."
+            ],
+            t["winner"] if t["winner"][1] else None,
+        ),
+        (
+            "##",
+            "Secondary: family means (the paper's figure of merit)",
+            [
+                "Mean over the common set's attacks of a family and over all eps of each attack's recorded robust "
+                "accuracy, as the paper reports it; the paper's figure is from the IJCNN 2023 abstract. A mean lets "
+                "weak attacks "
+                f'dilute strong ones and white-box means are void for a model marked "{MASKING_NOTE}": the headline '
+                f"above is the number to quote."
+            ],
+            t["family"],
+        ),
+        ("###", "Proposed minus reference, family means", [], t["paper"]),
+    ]
+    if t["onnx"][1]:
+        s.append(
+            (
+                "##",
+                "Does robustness carry over to the exported file?",
+                [
+                    "The proposed model exported to ONNX (QCDQ) and attacked black-box through onnxruntime, on the "
+                    "same images: images that survived in PyTorch / in the exported file, of those both runs tried."
+                ],
+                t["onnx"],
+            )
+        )
+    if "pareto" in t:
+        s.append(("##", "Robustness vs memory: Pareto front", pareto_notes or [], t["pareto"]))
+    s.append(("##", "Memory footprint", [FOOTPRINT_NOTE], t["footprint"]))
+    s.append(
+        (
+            "##",
+            "Accuracy (%) after each attack of the cascade",
+            [
+                "Per-image worst case over this attack and every attack before it in the model's cascade (broke: "
+                "images this attack broke of those it tried). n/a: the model did not face the attack (reason given)."
+            ],
+            None,
+        )
+    )
+    for k, tab in t.items():
+        if k.startswith("attack:"):
+            s.append(("###", k.split(":", 1)[1], [], tab))
+    return s
+
+
+def write_report(grid: Grid, budget: str, out: Path, extra_runs: Optional[List[str | Path]] = None) -> Path:
+    """``extra_runs``: run folders (or glob patterns) drawn on the Pareto plots beside the grid's
+    models, added to the grid's ``pareto_runs`` (relative ones taken from ``out``)."""
+    from . import pareto
+
     out = Path(out)
     data = collect(grid, out, budget)
     t = tables(data)
+    t["footprint"] = footprint(grid, out)
+    runs = pareto.resolve_extra_runs(list(grid.pareto_runs) + list(extra_runs or []), out)
+    front = pareto.collect_points(data, out, runs)
+    t["pareto"] = pareto.table(front)
     pngs = plots(data)
+    pareto_pngs = pareto.plots(front)
+    pngs.update(pareto_pngs)
     for name, blob in pngs.items():
         atomic_write(out / name, lambda tmp, b=blob: Path(tmp).write_bytes(b))
-    atomic_write_json(out / "report.json", {"tables": {k: {"header": v[0], "rows": v[1]} for k, v in t.items()},
-                                            "headline": headline(data), "data": data})
+    atomic_write_json(
+        out / "report.json",
+        {
+            "tables": {k: {"header": v[0], "rows": v[1]} for k, v in t.items()},
+            "comparison": data["comparison"],
+            "pareto": front,
+            "data": data,
+        },
+    )
     ctx = _context(grid, budget, out, data)
-    t["footprint"] = footprint(grid, out)
-    footprint_md = md_table(t["footprint"])
+    sections = _sections(
+        data, t, pareto.notes(front) + [f"Plots: {', '.join(pareto_pngs) or 'none (no point has a value)'}."]
+    )
 
-    attack_sections = [(k.split(":", 1)[1], v) for k, v in t.items() if k.startswith("attack:")]
-    md = [f"# tinyrobust reproduce: {grid.dataset}", "", *ctx, "",
-          "## Headline: proposed model minus MLCommons Tiny reference",
-          "Mean robust accuracy over the attacks of a family and over all budgets; the paper's figure "
-          "is from the IJCNN 2023 abstract. The worst-case row counts an image as robust only if it survived "
-          "every attack: it is the number to trust when a model is flagged for gradient masking below.", "",
-          md_table(t["headline"]), "",
-          "## Models", "", md_table(t["models"]), "",
-          "## Robust accuracy (%) summary", "", md_table(t["summary"]), "",
-          "## Gradient-masking checks", "", md_table(t["masking"]), ""]
-    if t["onnx"][1]:
-        md += ["## Does robustness carry over to the exported file?",
-               "The proposed model exported to ONNX (QCDQ) and attacked black-box through onnxruntime, on the same "
-               "images; robust accuracy (%) of the PyTorch model / of the exported file.", "", md_table(t["onnx"]), ""]
-    md += ["## Memory footprint", "", FOOTPRINT_NOTE, "", footprint_md, ""]
-    md += ["## Accuracy (%) under each attack", ""]
-    for a, tab in attack_sections:
-        md += [f"### {a}", "", md_table(tab), ""]
+    md = [f"# tinyrobust reproduce: {grid.dataset}", "", *ctx, ""]
+    for level, title, paras, tab in sections:
+        md += [f"{level} {title}", ""]
+        for p in paras:
+            md += [p, ""]
+        if tab is not None:
+            md += [md_table(tab), ""]
     for name in pngs:
         md += [f"![{name}]({name})", ""]
     atomic_write_text(out / "report.md", "\n".join(md))
 
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:.6em 0 1.4em}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
-             "img{max-width:100%}code{background:#f5f5f5;padding:1px 4px}")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.6em 0 1.4em}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+        "img{max-width:100%}code{background:#f5f5f5;padding:1px 4px}"
+    )
     body = [f"<h1>tinyrobust reproduce: {html.escape(grid.dataset)}</h1><ul>"]
     body += [f"<li>{html.escape(c[2:]).replace('**', '')}</li>" for c in ctx]
-    body += ["</ul><h2>Headline: proposed model minus MLCommons Tiny reference</h2>", html_table(t["headline"]),
-             "<h2>Models</h2>", html_table(t["models"]), "<h2>Robust accuracy (%) summary</h2>",
-             html_table(t["summary"]), "<h2>Gradient-masking checks</h2>", html_table(t["masking"])]
-    if t["onnx"][1]:
-        body += ["<h2>Does robustness carry over to the exported file?</h2>",
-                 "<p>Robust accuracy (%) of the PyTorch model / of the exported ONNX file under black-box attacks.</p>",
-                 html_table(t["onnx"])]
-    body += ["<h2>Memory footprint</h2>", f"<p>{html.escape(FOOTPRINT_NOTE)}</p>", html_table(t["footprint"])]
+    body.append("</ul>")
+    for level, title, paras, tab in sections:
+        tag = "h2" if level == "##" else "h3"
+        body.append(f"<{tag}>{html.escape(title)}</{tag}>")
+        body += [f"<p>{html.escape(p).replace('**', '')}</p>" for p in paras]
+        if tab is not None:
+            body.append(html_table(tab))
     for name, blob in pngs.items():
         body.append(f'<p><img alt="{name}" src="data:image/png;base64,{base64.b64encode(blob).decode()}"></p>')
-    body.append("<h2>Accuracy (%) under each attack</h2>")
-    for a, tab in attack_sections:
-        body += [f"<h3>{html.escape(a)}</h3>", html_table(tab)]
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>tinyrobust {html.escape(grid.dataset)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>tinyrobust {html.escape(grid.dataset)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
     atomic_write_text(out / "report.html", page)
     return out / "report.md"

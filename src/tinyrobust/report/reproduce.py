@@ -17,18 +17,49 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import RunLocked, TinyRobustError
 from ..io_utils import atomic_write_json, check_writable
+from ..resources import configs_dir as configs_dir_of
 from .grid import Grid, GridModel, load_grid
 
 STAGES = ("train", "attack", "report")
 
 
 def grid_path(dataset: str, configs_dir: Optional[str | Path] = None) -> Path:
-    base = Path(configs_dir) if configs_dir else Path(__file__).resolve().parents[3] / "configs" / "reproduce"
+    base = Path(configs_dir) if configs_dir else configs_dir_of("reproduce")
     p = base / f"{dataset}.yaml"
     if not p.is_file():
         avail = sorted(q.stem for q in base.glob("*.yaml")) if base.is_dir() else []
-        raise TinyRobustError(f"no reproduce grid for dataset {dataset!r} ({p}); available: {', '.join(avail) or 'none'}")
+        raise TinyRobustError(
+            f"no reproduce grid for dataset {dataset!r} ({p}); available: {', '.join(avail) or 'none'}"
+        )
     return p
+
+
+def machine() -> Dict[str, Any]:
+    """What the report names as the machine: OS, CPU, core count and the accelerator when one is used."""
+    info: Dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["accelerator"] = torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - a broken CUDA setup must not stop the report
+        pass
+    return info
+
+
+def portable(arg: str | Path) -> str:
+    """A path under the working directory written relative to it (committed results carry no machine paths)."""
+    p = Path(arg)
+    if p.is_absolute():
+        try:
+            return str(p.resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            return str(arg)
+    return str(arg)
 
 
 def _log(msg: str) -> None:
@@ -59,8 +90,10 @@ def check_run_matches(run_dir: Path, cfg, key: str) -> None:
     diffs = config_drift(config_to_dict(load_config(path)), config_to_dict(cfg))
     if diffs:
         shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
-        raise TinyRobustError(f"{run_dir} was trained with another config than the grid's model {key!r} "
-                              f"({shown}); remove that folder to train it again, or choose another --out")
+        raise TinyRobustError(
+            f"{run_dir} was trained with another config than the grid's model {key!r} "
+            f"({shown}); remove that folder to train it again, or choose another --out"
+        )
 
 
 def select_models(grid: Grid, keys: Optional[List[str]]) -> List[GridModel]:
@@ -70,8 +103,14 @@ def select_models(grid: Grid, keys: Optional[List[str]]) -> List[GridModel]:
     return [grid.model(k) for k in dict.fromkeys(keys)]  # unknown key: ConfigError listing the keys
 
 
-def train_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], progress: bool,
-                models: Optional[List[GridModel]] = None) -> Dict[str, Any]:
+def train_stage(
+    grid: Grid,
+    budget: str,
+    out: Path,
+    data_dir: Optional[str],
+    progress: bool,
+    models: Optional[List[GridModel]] = None,
+) -> Dict[str, Any]:
     from ..train import train_run
 
     models = grid.models if models is None else models
@@ -92,63 +131,144 @@ def train_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], pro
     return summaries
 
 
-def attack_stage(grid: Grid, budget: str, out: Path, data_dir: Optional[str], seed: int,
-                 progress: bool = True, models: Optional[List[GridModel]] = None) -> Dict[str, Any]:
+def expand_params(params: Optional[Dict[str, Any]], names: List[str]) -> Optional[Dict[str, Any]]:
+    """Budget ``attack_params`` for the attacks actually run: ``transfer`` settings go to every
+    ``transfer@<surrogate>`` entry; settings of attacks not run this time are dropped."""
+    if not params:
+        return None
+    out = {}
+    for k, v in params.items():
+        if k == "transfer":
+            out.update({a: v for a in names if a.startswith("transfer@")})
+        elif k == "masking" or k in names:
+            out[k] = v
+    return out or None
+
+
+def _attack_run_supports(*kwargs: str) -> bool:
+    import inspect
+
+    from ..attacks.evaluate import attack_run
+
+    params = inspect.signature(attack_run).parameters
+    return all(k in params for k in kwargs)
+
+
+def attack_stage(
+    grid: Grid,
+    budget: str,
+    out: Path,
+    data_dir: Optional[str],
+    seed: int,
+    progress: bool = True,
+    models: Optional[List[GridModel]] = None,
+) -> Dict[str, Any]:
     """Attack every trained model with every attack of the grid, on the same seeded test images.
 
-    A model whose run is not finished yet is skipped (run the stage again later); the transfer
-    attack waits for its surrogate. Finished attacks are reused (``robustness_parts/``)."""
+    Each model gets its own cascade order (:meth:`Grid.model_attacks`): transfers from every surrogate
+    but itself, last. A model whose run is not finished yet, or whose surrogates are not trained yet,
+    is skipped (run the stage again later), so no model is attacked with a smaller attack set than
+    the others. Finished attacks are reused (``robustness_parts/``, keyed by the weights' hash)."""
     from ..attacks.evaluate import attack_run
     from ..train.loop import run_lock
 
     b = grid.budget(budget)
-    surrogate = out / "runs" / grid.surrogate if grid.surrogate else None
-    surrogate_ready = surrogate is not None and (surrogate / "model.safetensors").is_file()
+    ready = [s for s in grid.surrogates if (out / "runs" / s / "model.safetensors").is_file()]
     results = {}
     models = grid.models if models is None else models
+    cascade = grid.cascade(budget)
     for i, m in enumerate(models, 1):
         run_dir = out / "runs" / m.key
         if not (run_dir / "model.safetensors").is_file():
             _log(f"attack {i}/{len(models)} {m.key}: not trained yet, skipped")
             continue
-        white, black = grid.attacks_for(budget)
-        names = [a for a in white + black if a != "transfer" or (surrogate_ready and m.key != grid.surrogate)]
-        _log(f"attack {i}/{len(models)} {m.key}: {', '.join(names)} on {b.get('attack_n', 500)} images")
+        names = grid.model_attacks(budget, m.key)
+        waiting = [a.split("@", 1)[1] for a in names if a.startswith("transfer@") and a.split("@", 1)[1] not in ready]
+        if waiting:
+            _log(
+                f"attack {i}/{len(models)} {m.key}: waits for surrogate(s) {', '.join(waiting)} (not trained yet); "
+                f"run the attack stage again once they are"
+            )
+            continue
+        surrogate_runs = {s: out / "runs" / s for s in (a.split("@", 1)[1] for a in names if a.startswith("transfer@"))}
+        if (surrogate_runs or cascade) and not _attack_run_supports("surrogate_runs", "cascade"):
+            raise TinyRobustError(
+                "this tree's attack_run (attacks/evaluate.py) takes no surrogate_runs/cascade "
+                "arguments yet (issue 11, attack side): use a grid without transfer and cascade"
+            )
+        n = grid.attack_n(budget, m.key)
+        _log(
+            f"attack {i}/{len(models)} {m.key}: {', '.join(names)} on {n} images"
+            + (" (cascade: each attack on the survivors of the earlier ones)" if cascade else "")
+        )
+        extra = {"surrogate_runs": surrogate_runs, "cascade": cascade} if (surrogate_runs or cascade) else {}
         try:
             with run_lock(out / "attacks" / m.key):
                 results[m.key] = attack_run(
-                    run_dir, names, grid.eps, n=b.get("attack_n", 500), seed=seed, data_dir=data_dir,
-                    out=out / "attacks" / m.key, surrogate_run=surrogate if "transfer" in names else None,
-                    params=b.get("attack_params") or None, progress=progress)
+                    run_dir,
+                    names,
+                    grid.eps,
+                    n=n,
+                    seed=seed,
+                    data_dir=data_dir,
+                    out=out / "attacks" / m.key,
+                    params=expand_params(b.get("attack_params"), names),
+                    progress=progress,
+                    **extra,
+                )
                 if m.role == "proposed" and grid.onnx_attacks:
-                    results[m.key + "@onnx"] = onnx_attack(grid, b, out, m.key, data_dir, seed, progress)
+                    results[m.key + "@onnx"] = onnx_attack(grid, budget, out, m.key, data_dir, seed, progress)
         except RunLocked as exc:  # another reproduce process is attacking it
             _log(f"attack {i}/{len(models)} {m.key}: skipped, {exc}")
     return results
 
 
-def onnx_attack(grid: Grid, b: Dict[str, Any], out: Path, key: str, data_dir: Optional[str], seed: int,
-                progress: bool) -> Dict[str, Any]:
+def onnx_attack(
+    grid: Grid, budget: str, out: Path, key: str, data_dir: Optional[str], seed: int, progress: bool
+) -> Dict[str, Any]:
     """Export a model to ONNX (verified against PyTorch) and attack the exported file black-box,
     so the report can say whether robustness carries over to the artifact a device runs."""
     from ..attacks.evaluate import attack_run
     from ..export.onnx_export import export_run
 
+    b = grid.budget(budget)
+    n = grid.attack_n(budget, key)
     run_dir = out / "runs" / key
     onnx = run_dir / "model.onnx"
     if not (onnx.is_file() and (run_dir / "model.onnx.verify.json").is_file()):
         _log(f"export {key} to ONNX (verified on the test set)")
-        export_run(run_dir, "onnx", onnx, n=min(1000, b.get("attack_n", 500) * 5), data_dir=data_dir, seed=seed)
+        export_run(run_dir, "onnx", onnx, n=min(1000, n * 5), data_dir=data_dir, seed=seed)
     _log(f"attack the exported {onnx.name} of {key}: {', '.join(grid.onnx_attacks)}")
-    return attack_run(run_dir, grid.onnx_attacks, grid.eps, n=b.get("attack_n", 500), seed=seed, data_dir=data_dir,
-                      out=out / "attacks" / key, progress=progress,
-                      params={k: v for k, v in (b.get("attack_params") or {}).items() if k in grid.onnx_attacks},
-                      onnx_path=onnx, out_name="robustness_onnx.json")
+    return attack_run(
+        run_dir,
+        grid.onnx_attacks,
+        grid.eps,
+        n=n,
+        seed=seed,
+        data_dir=data_dir,
+        out=out / "attacks" / key,
+        progress=progress,
+        params={k: v for k, v in (b.get("attack_params") or {}).items() if k in grid.onnx_attacks},
+        onnx_path=onnx,
+        out_name="robustness_onnx.json",
+    )
 
 
-def reproduce(dataset: str, budget: str, out: str | Path, *, data_dir: Optional[str] = None,
-              stages: List[str] | None = None, seed: int = 0, progress: bool = True,
-              configs_dir: Optional[str | Path] = None, models: Optional[List[str]] = None) -> Path:
+def reproduce(
+    dataset: str,
+    budget: str,
+    out: str | Path,
+    *,
+    data_dir: Optional[str] = None,
+    stages: List[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    configs_dir: Optional[str | Path] = None,
+    models: Optional[List[str]] = None,
+    extra_runs: Optional[List[str | Path]] = None,
+) -> Path:
+    """Train, attack and report the grid of ``dataset``; ``extra_runs``: more run folders (or glob
+    patterns) for the report's Pareto plots, beside the grid's ``pareto_runs``."""
     grid = load_grid(grid_path(dataset, configs_dir))
     grid.budget(budget)
     chosen = select_models(grid, models)
@@ -161,10 +281,18 @@ def reproduce(dataset: str, budget: str, out: str | Path, *, data_dir: Optional[
     t0 = time.time()
     meta_path = out / "reproduce.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    meta.update({"dataset": dataset, "budget": budget, "grid": str(grid.path), "seed": seed,
-                 "command": "tinyrobust reproduce " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["reproduce"] else None,
-                 "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                             "cpu_count": os.cpu_count()}})
+    meta.update(
+        {
+            "dataset": dataset,
+            "budget": budget,
+            "grid": portable(grid.path),
+            "seed": seed,
+            "command": "tinyrobust reproduce " + " ".join(portable(a) for a in sys.argv[2:])
+            if sys.argv[1:2] == ["reproduce"]
+            else None,
+            "machine": machine(),
+        }
+    )
     if "train" in stages:
         train_stage(grid, budget, out, data_dir, progress, chosen)
     if "attack" in stages:
@@ -175,7 +303,7 @@ def reproduce(dataset: str, budget: str, out: str | Path, *, data_dir: Optional[
     if "report" in stages:
         from .render import write_report
 
-        report = write_report(grid, budget, out)
+        report = write_report(grid, budget, out, extra_runs=extra_runs)
         _log(f"report written: {report} (and {report.with_suffix('.html')})")
         return report
     return out

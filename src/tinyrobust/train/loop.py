@@ -22,20 +22,23 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: F401  (tests patch loop.F.cross_entropy; the loss lives in adversarial.py)
 from tqdm import tqdm
 
 from .. import __version__
 from ..config import RunConfig, dump_config, load_config
 from ..errors import CheckpointError, ConfigError, RunLocked, TinyRobustError, TrainingDiverged
 from ..io_utils import append_jsonl, atomic_write_json, atomic_write_text, check_writable
-from .checkpoint import (load_checkpoint, quant_runtime_state, restore_quant_runtime_state, save_checkpoint,
-                         save_weights)
-from .jacobian import check_jr_layers, training_forward
+from .adversarial import adversarial_generator, robust_check, step_size_of, training_step
+from .checkpoint import (load_checkpoint, load_weights, quant_runtime_state, restore_quant_runtime_state,
+                         save_checkpoint, save_weights)
+from .jacobian import check_jr_layers
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "model.safetensors"
+BEST_ROBUST_WEIGHTS_FILE = "model_best_robust.safetensors"  # adversarial training: best per-epoch PGD check
+LAST_WEIGHTS_FILE = "model_last.safetensors"  # adversarial training with the check: the last epoch's weights
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ENV_FILE = "env.json"
@@ -124,19 +127,28 @@ class Prepared:
     test_x: torch.Tensor
     test_y: torch.Tensor
     data_source: str
+    val_ds: Any = None  # the validation split (data.val_size > 0), held out of the training data
+    val_record: Optional[Dict[str, Any]] = None  # its size, seed and indices' sha256 (env.json, summary.json)
 
 
 def prepare(cfg: RunConfig, data_dir: Optional[str] = None, need_train: bool = True) -> Prepared:
     """Load data and build the model a config describes (shared by train and eval)."""
     from ..data import dataset_info, load_dataset
     from ..data.loader import stratified_subset, to_tensors
+    from ..data.splits import split_dataset, split_record
     from ..models import build_model
 
     info = dataset_info(cfg.data.dataset)
     ddir = data_dir or cfg.data.data_dir
-    train_ds = None
+    train_ds = val_ds = val_record = None
     if need_train:
-        train_ds = load_dataset(cfg.data.dataset, "train", ddir)
+        full_train = load_dataset(cfg.data.dataset, "train", ddir)
+        # the validation images leave the training data first, so train_subset never picks them;
+        # val_size 0 returns full_train itself (training exactly as before the split existed)
+        train_ds = split_dataset(full_train, "train", cfg.data.val_size, cfg.data.val_seed)
+        if cfg.data.val_size:
+            val_ds = split_dataset(full_train, "val", cfg.data.val_size, cfg.data.val_seed)
+            val_record = split_record(full_train.y, cfg.data.val_size, cfg.data.val_seed)
         if cfg.data.train_subset and cfg.data.train_subset < len(train_ds):
             idx = stratified_subset(train_ds.y, cfg.data.train_subset, cfg.seed)
             train_ds = type(train_ds)(**{**train_ds.__dict__, "x": train_ds.x[idx], "y": train_ds.y[idx]})
@@ -147,7 +159,7 @@ def prepare(cfg: RunConfig, data_dir: Optional[str] = None, need_train: bool = T
     test_x, test_y = to_tensors(test_ds, idx)
     model = build_model(cfg.model.name, num_classes=info.num_classes, input_shape=info.input_shape,
                         mean=info.mean, std=info.std, quant=cfg.model.quant)
-    return Prepared(cfg, model, info, train_ds, test_x, test_y, test_ds.source)
+    return Prepared(cfg, model, info, train_ds, test_x, test_y, test_ds.source, val_ds, val_record)
 
 
 def model_summary(model, info) -> Dict[str, Any]:
@@ -214,7 +226,16 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
     if not (run_dir / ENV_FILE).is_file():
         env = environment(threads, cfg.seed)
         env["data_source"] = prep.data_source
+        if prep.val_record is not None:
+            env["val_split"] = prep.val_record
         atomic_write_json(run_dir / ENV_FILE, env)
+    adv = cfg.train.adversarial
+    check = _check_images(cfg, prep) if adv.method != "none" and adv.check_n > 0 else None
+    val_x = val_y = None
+    if prep.val_ds is not None:
+        from ..data.loader import to_tensors
+
+        val_x, val_y = to_tensors(prep.val_ds)
     augment = info.augment if cfg.train.augment is None else cfg.train.augment
     batches = len(BatchIterator(train_ds, cfg.train.batch_size, shuffle=True, augment=False, seed=cfg.seed, epoch=0,
                                 drop_last=True))
@@ -225,6 +246,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
     _remove_stale_temp_files(run_dir)
 
     start_epoch = 0
+    guard: Dict[str, Any] = {"best_robust": None, "best_epoch": None, "stopped_at": None}
     if resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
         try:
@@ -235,6 +257,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
             opt = make_optimizer(cfg, model)
             opt.load_state_dict(state["optimizer"])
             start_epoch = int(state["epoch"])
+            guard.update(state.get("guard", {}))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             detail = " ".join(str(exc).split())[:300]
             raise CheckpointError(f"{ckpt_path} does not match this run's model and optimizer "
@@ -253,13 +276,16 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
     total_steps = steps_per_epoch * cfg.train.epochs
     t_start = time.time()
     for epoch in range(start_epoch, cfg.train.epochs):
+        if guard["stopped_at"] is not None:  # resumed after the early stop's checkpoint
+            break
         epoch_seed = cfg.seed * 100003 + epoch
         torch.manual_seed(epoch_seed)
         reseed_stochastic_quantizers(model, epoch_seed)
         model.train()
         it = BatchIterator(train_ds, cfg.train.batch_size, shuffle=True, augment=augment, seed=cfg.seed,
                            epoch=epoch, drop_last=True)
-        sums = {"loss": 0.0, "ce": 0.0, "jr": 0.0, "correct": 0, "seen": 0}
+        adv_gen = adversarial_generator(cfg.seed, epoch) if adv.method != "none" else None
+        sums = {"loss": 0.0, "ce": 0.0, "jr": 0.0, "correct": 0, "seen": 0, "robust": 0, "kl": 0.0}
         jr_parts: Dict[str, float] = {}
         t0 = time.time()
         bar = tqdm(total=steps_per_epoch, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}",
@@ -269,10 +295,9 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, total_steps, steps_per_epoch)
-            logits, penalty, parts = training_forward(model, x, weight=cfg.jr.weight, layers=cfg.jr.layers,
-                                                      n_proj=cfg.jr.n_proj, batch_fraction=cfg.jr.batch_fraction)
-            ce = F.cross_entropy(logits, y, label_smoothing=cfg.train.label_smoothing)
-            loss = ce if penalty is None else ce + penalty
+            out = training_step(model, x, y, adv=adv, jr=cfg.jr, label_smoothing=cfg.train.label_smoothing,
+                                generator=adv_gen)
+            loss, ce, penalty, parts = out.loss, out.ce, out.penalty, out.parts
             if not torch.isfinite(loss):
                 bar.close()
                 raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
@@ -284,12 +309,15 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
             sums["loss"] += loss.item() * n
             sums["ce"] += ce.item() * n
             sums["jr"] += (penalty.item() if penalty is not None else 0.0) * n
-            sums["correct"] += (logits.argmax(1) == y).sum().item()
+            sums["correct"] += out.clean_correct or 0
+            sums["robust"] += out.robust_correct or 0
+            sums["kl"] += (out.trades_kl or 0.0) * n
             sums["seen"] += n
             for k, v in parts.items():
                 jr_parts[k] = jr_parts.get(k, 0.0) + v * n
             bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}", acc=f"{sums['correct'] / sums['seen']:.3f}")
+            acc_key = "correct" if out.clean_correct is not None else "robust"
+            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}", acc=f"{sums[acc_key] / sums['seen']:.3f}")
         bar.close()
         train_time = time.time() - t0
         seen = max(1, sums["seen"])
@@ -306,17 +334,49 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
             "epoch_time_s": train_time,
             "images_per_s": sums["seen"] / max(train_time, 1e-9),
         }
+        if val_x is not None:
+            row["val_accuracy"] = evaluate_accuracy(model, val_x, val_y)
+        if adv.method != "none":
+            # fgsm_rs and pgd train on adversarial inputs only: no clean training accuracy to report
+            row["train_accuracy"] = sums["correct"] / seen if adv.method == "trades" else None
+            row["train_robust_accuracy"] = sums["robust"] / seen
+            if adv.method == "trades":
+                row["train_trades_kl"] = sums["kl"] / seen
         bad = _non_finite(model)
         if bad:
             raise TrainingDiverged(f"{bad} became NaN/inf in epoch {epoch + 1}; " + _kept(epoch, run_dir))
+        if check is not None:
+            row["robust_check"] = _guard_epoch(model, check, adv, cfg.seed, epoch, guard, run_dir)
         append_jsonl(run_dir / METRICS_FILE, row)
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                                    "quant_state": quant_runtime_state(model), "threads": threads})
+                                    "quant_state": quant_runtime_state(model), "threads": threads,
+                                    **({"guard": dict(guard)} if adv.method != "none" else {})})
         if progress:
+            acc = (f"train acc {row['train_accuracy']:.3f}" if row["train_accuracy"] is not None
+                   else f"train robust acc {row['train_robust_accuracy']:.3f}")
+            rc = row.get("robust_check")
+            rc = f" {rc['source']} PGD-{rc['steps']} robust acc {rc['robust_accuracy']:.3f}" if rc else ""
             print(f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {row['train_loss']:.3f} "
-                  f"train acc {row['train_accuracy']:.3f} test acc {test_acc:.4f} "
-                  f"({row['images_per_s']:.0f} img/s)", file=sys.stderr)
+                  f"{acc} test acc {test_acc:.4f}{rc} ({row['images_per_s']:.0f} img/s)", file=sys.stderr)
+        if guard["stopped_at"] is not None:
+            print(f"{cfg.name}: early stop after epoch {epoch + 1}: the PGD check fell more than "
+                  f"{adv.early_stop_drop:.0%} below its best (epoch {guard['best_epoch']}), the sign of "
+                  f"catastrophic overfitting; the best-robust weights are in {BEST_ROBUST_WEIGHTS_FILE}",
+                  file=sys.stderr)
+            break
 
+    kept = "last"
+    if check is not None:
+        # both ends of an adversarial run stay on disk, as trained; model.safetensors (what eval, attack, export
+        # and the report read) holds the one train.adversarial.keep names
+        save_weights(run_dir / LAST_WEIGHTS_FILE, model)
+        if adv.keep == "best_robust" and guard["best_epoch"] is not None:
+            load_weights(run_dir / BEST_ROBUST_WEIGHTS_FILE, model)
+            kept = "best_robust"
+    if cfg.train.bn_reestimate_batches:  # final-weight BatchNorm statistics (train/bn_reestimate.py, helper G)
+        from .bn_reestimate import reestimate_bn
+        reestimate_bn(model, train_ds, cfg.train.bn_reestimate_batches, cfg.train.batch_size, seed=cfg.seed,
+                      augment=augment)
     save_weights(run_dir / WEIGHTS_FILE, model)
     summary = {
         "name": cfg.name,
@@ -329,8 +389,56 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
         "train_time_s_this_session": time.time() - t_start,
         **{k: v for k, v in model_summary(model, info).items() if k != "layers"},
     }
+    if prep.val_record is not None:
+        summary["val_split"] = prep.val_record
+        summary["val_accuracy"] = evaluate_accuracy(model, val_x, val_y)
+    if adv.method != "none":
+        summary["adversarial"] = {"method": adv.method, "eps": adv.eps, "step_size": step_size_of(adv),
+                                  **({"steps": adv.steps} if adv.method != "fgsm_rs" else {}),
+                                  **({"beta": adv.beta} if adv.method == "trades" else {})}
+        summary["epochs_trained"] = guard["stopped_at"] or cfg.train.epochs
+        summary["stopped_early_at_epoch"] = guard["stopped_at"]
+        if check is not None:
+            summary["robust_check"] = {"source": check["source"], "n": len(check["y"]), "steps": adv.check_steps,
+                                       "eps": adv.eps}
+            summary["best_robust_epoch"] = guard["best_epoch"]
+            summary["best_robust_check_accuracy"] = guard["best_robust"]
+            summary["best_robust_weights"] = BEST_ROBUST_WEIGHTS_FILE
+            summary["weights"] = ({"kept": "best_robust", "epoch": guard["best_epoch"]} if kept == "best_robust"
+                                  else {"kept": "last", "epoch": summary["epochs_trained"]})
     atomic_write_json(run_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def _check_images(cfg: RunConfig, prep: Prepared) -> Dict[str, Any]:
+    """Images of the per-epoch PGD check: a stratified subset of the validation split, or (no
+    validation split) a fixed stratified subset of the training images, said so in ``source``."""
+    from ..data.loader import stratified_subset, to_tensors
+
+    ds, source = (prep.val_ds, "val") if prep.val_ds is not None else (prep.train_ds, "train")
+    n = min(cfg.train.adversarial.check_n, len(ds))
+    x, y = to_tensors(ds, stratified_subset(ds.y, n, cfg.data.val_seed))
+    return {"x": x, "y": y, "source": source}
+
+
+def _guard_epoch(model, check: Dict[str, Any], adv, seed: int, epoch: int, guard: Dict[str, Any],
+                 run_dir: Path) -> Dict[str, Any]:
+    """The catastrophic-overfitting guard after one epoch: PGD check, keep the best-robust weights
+    (written before the checkpoint, so a kill in between redoes the epoch and rewrites the same
+    file), and mark an early stop when the check falls ``adv.early_stop_drop`` below its best."""
+    result = robust_check(model, check["x"], check["y"], eps=adv.eps, steps=adv.check_steps,
+                          gen=adversarial_generator(seed, epoch, stream=1))
+    result = {"source": check["source"], **result}
+    if check["source"] == "train":
+        result["note"] = "no validation split (data.val_size 0): a fixed subset of the training images"
+    acc = result["robust_accuracy"]
+    if guard["best_robust"] is None or acc > guard["best_robust"]:
+        guard["best_robust"], guard["best_epoch"] = acc, epoch + 1
+        save_weights(run_dir / BEST_ROBUST_WEIGHTS_FILE, model)
+    elif adv.early_stop_drop is not None and guard["best_robust"] - acc >= adv.early_stop_drop:
+        guard["stopped_at"] = epoch + 1
+        result["early_stop"] = True
+    return result
 
 
 def _kept(epoch: int, run_dir: Path) -> str:
@@ -349,7 +457,8 @@ def _non_finite(model: torch.nn.Module) -> Optional[str]:
 
 def _remove_stale_temp_files(run_dir: Path) -> None:
     """A kill during an atomic write leaves its temp file (``.<name>.<random>.tmp``); drop them."""
-    for name in (CHECKPOINT_FILE, WEIGHTS_FILE, METRICS_FILE, SUMMARY_FILE, CONFIG_FILE, ENV_FILE):
+    for name in (CHECKPOINT_FILE, WEIGHTS_FILE, METRICS_FILE, SUMMARY_FILE, CONFIG_FILE, ENV_FILE,
+                 BEST_ROBUST_WEIGHTS_FILE, LAST_WEIGHTS_FILE):
         for tmp in run_dir.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 

@@ -1,0 +1,87 @@
+"""Standard AutoAttack (Croce & Hein 2020, version 'standard', L-inf) from a maintained
+implementation, torchattacks 3.5.1, behind our :class:`~.target.Target`.
+
+Why a wrapper and not ``torchattacks.AutoAttack`` itself: that class builds APGD, APGD-T and FAB
+with torchattacks' default of 10 iterations (the reference implementation, fra31/auto-attack,
+uses 100), and it cannot count queries or use our batch size. Here the same four torchattacks
+attacks run with the reference budgets (100 steps, 9 target classes, Square 5000 queries), each
+on the images the previous ones left correctly classified, through a module that counts every
+forward pass as target queries; APGD/APGD-T average gradients over the target's EOT samples.
+``benchmarks/autoattack_compare.py`` compares this with ``torchattacks.AutoAttack`` run directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .target import Target
+
+
+class _CountingModule(torch.nn.Module):
+    """The target's model as torchattacks sees it: every forward pass counts as queries."""
+
+    def __init__(self, target: Target):
+        super().__init__()
+        self.model = target.model
+        self._target = target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._target.queries += len(x)
+        return self.model(x)
+
+
+def standard_attacks(model: torch.nn.Module, eps: float, num_classes: int, *, steps: int = 100,
+                     n_target_classes: int = 9, square_queries: int = 5000, eot_samples: int = 1,
+                     seed: int = 0) -> list:
+    """The four torchattacks attacks of standard AutoAttack with the reference budgets, in order."""
+    import torchattacks
+
+    targets = max(1, min(int(n_target_classes), num_classes - 1))
+    apgd_ce = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce",
+                                eot_iter=eot_samples)
+    apgd_t = torchattacks.APGDT(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed,
+                                eot_iter=eot_samples, n_classes=num_classes)
+    apgd_t.n_target_classes = targets
+    fab_t = torchattacks.FAB(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed,
+                             multi_targeted=True, n_classes=num_classes)
+    fab_t.n_target_classes = targets
+    square = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=square_queries, n_restarts=1, seed=seed)
+    attacks = [("apgd-ce", apgd_ce), ("apgd-t", apgd_t), ("fab-t", fab_t), ("square", square)]
+    if num_classes < 3:  # APGD-T / FAB-T need a target class other than the true one and the top other
+        attacks = [attacks[0], attacks[3]]
+    return attacks
+
+
+class StandardAutoAttack:
+    """APGD-CE -> APGD-T -> FAB-T -> Square-5000, each on the survivors (torchattacks 3.5.1)."""
+
+    def __init__(self, target: Target, eps: float, steps: int = 100, n_target_classes: int = 9,
+                 square_queries: int = 5000):
+        self.target, self.eps = target, eps
+        self.kw = dict(steps=steps, n_target_classes=n_target_classes, square_queries=square_queries)
+        self.broken_by: dict[str, int] = {}  # stage -> images it broke (last generate call)
+
+    def generate(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        t = self.target
+        module = _CountingModule(t).eval()
+        seed = int(torch.initial_seed() % (2 ** 31))  # the runner seeds each (attack, eps) job
+        stages = standard_attacks(module, self.eps, t.num_classes, eot_samples=t.eot_samples, seed=seed, **self.kw)
+        x_adv = x.astype(np.float32, copy=True)
+        robust = np.ones(len(x), dtype=bool)
+        self.broken_by = {}
+        for name, attack in stages:
+            idx = np.flatnonzero(robust)
+            if len(idx) == 0:
+                break
+            for i in range(0, len(idx), t.batch_size):
+                b = idx[i:i + t.batch_size]
+                xb = torch.as_tensor(x[b], dtype=torch.float32, device=t.device)
+                yb = torch.as_tensor(y[b], dtype=torch.long, device=t.device)
+                adv = attack(xb, yb).detach()
+                adv = torch.min(torch.max(adv, xb - self.eps), xb + self.eps).clamp(0, 1)
+                fooled = (t.logits(adv).argmax(1) != yb).cpu().numpy()
+                x_adv[b[fooled]] = adv.cpu().numpy()[fooled]
+                robust[b[fooled]] = False
+            self.broken_by[name] = int(len(idx) - robust[idx].sum())
+        return x_adv

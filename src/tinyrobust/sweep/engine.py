@@ -1,0 +1,429 @@
+"""Run a sweep's trials (on Ray, or one at a time in this process) and keep its results table current.
+
+Layout of ``--out DIR``: ``sweep.yaml`` (the sweep file as run), ``runs/<name>-<key>/`` (one normal run
+directory per trial, plus its ``sweep_trial.json``), ``results.csv`` / ``results.md`` /
+``results.json`` (rewritten after every finished trial). Rerunning the same command continues:
+scored trials are skipped, trained ones are only scored, unfinished ones resume from their
+checkpoint, failed ones are tried again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import socket
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from tqdm import tqdm
+
+from ..config import config_to_dict
+from ..errors import TinyRobustError
+from ..io_utils import atomic_write_json, atomic_write_text, check_writable
+from .spec import SweepSpec, Trial
+from .trial import execute_trial, read_result
+
+INSTALL_HINT = "Ray is not installed: pip install 'tinyrobust[sweep]' (or run trials one at a time with --local)"
+
+
+class SweepError(TinyRobustError):
+    """A sweep cannot start (Ray missing, cluster unreachable, output folder busy)."""
+
+
+# ------------------------------------------------------------------ executors
+
+
+class LocalExecutor:
+    """Trials one after another in this process: the same ``execute_trial`` as on Ray (tests, no Ray)."""
+
+    name = "local"
+
+    def run(self, payloads: List[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+        import os
+
+        import torch
+
+        for p in payloads:
+            saved = {k: os.environ.get(k) for k in ("TINYROBUST_THREADS", "OMP_NUM_THREADS")}
+            threads = torch.get_num_threads()
+            try:
+                result = execute_trial(p)
+            finally:  # the trial's thread settings stay with the trial
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+                torch.set_num_threads(threads)
+            yield result
+
+    def close(self) -> None:
+        pass
+
+
+def import_ray():
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise SweepError(INSTALL_HINT) from None
+    return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """One clear line if ``host:port`` (or ``ray://host:port``) does not answer; "auto" is left to Ray."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SweepError(f"--address {address}: expected host:port (e.g. 10.0.0.5:6379), ray://host:10001 or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise SweepError(
+            f"--address {address}: cannot reach the Ray cluster ({exc.strerror or exc}); "
+            "is `ray start --head` running there?"
+        ) from None
+
+
+class RayExecutor:
+    """Ray tasks, ``concurrent`` at a time with ``threads`` CPUs each; local Ray unless ``address``."""
+
+    name = "ray"
+
+    def __init__(self, address: Optional[str], concurrent: int, threads: int):
+        ray = self.ray = import_ray()
+        self.concurrent, self.threads = concurrent, threads
+        env = {"TINYROBUST_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        try:
+            if address:
+                _check_reachable(address)
+                ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False, ignore_reinit_error=True)
+            else:
+                ray.init(
+                    num_cpus=concurrent * threads,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    runtime_env={"env_vars": env},
+                    ignore_reinit_error=True,
+                )
+        except SweepError:
+            raise
+        except Exception as exc:  # ConnectionError, RuntimeError, ...
+            raise SweepError(
+                f"cannot start Ray{f' at {address}' if address else ''}: {' '.join(str(exc).split())[:300]}"
+            ) from None
+        self.task = ray.remote(num_cpus=threads, max_retries=0)(execute_trial)
+
+    def run(self, payloads: List[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+        ray = self.ray
+        queue = list(payloads)
+        pending: Dict[Any, Dict[str, Any]] = {}
+        while queue or pending:
+            while queue and len(pending) < self.concurrent:
+                p = queue.pop(0)
+                pending[self.task.remote(p)] = p
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                p = pending.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except Exception as exc:  # the worker died (killed, out of memory, segfault)
+                    msg = " ".join(str(exc).split())[:500]
+                    result = {
+                        "key": p["key"],
+                        "values": p["values"],
+                        "run": Path(p["run_dir"]).name,
+                        "status": "failed",
+                        "error": f"{type(exc).__name__}: {msg}",
+                    }
+                    _write_failed(Path(p["run_dir"]), result)
+                    yield result
+
+    def close(self) -> None:
+        try:
+            self.ray.shutdown()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+def _write_failed(run_dir: Path, result: Dict[str, Any]) -> None:
+    from .trial import RESULT_FILE
+
+    try:
+        atomic_write_json(run_dir / RESULT_FILE, result)
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------------ the sweep
+
+
+@contextmanager
+def _sweep_lock(out: Path):
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".sweep.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SweepError(f"{out} is being run by another `tinyrobust sweep`; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def payload(trial: Trial, spec: SweepSpec, out: Path, data_dir: Optional[str], threads: int) -> Dict[str, Any]:
+    return {
+        "key": trial.key,
+        "values": trial.values,
+        "config": config_to_dict(trial.cfg),
+        "run_dir": str(out / "runs" / trial.name),
+        "evaluation": spec.evaluation,
+        "data_dir": data_dir,
+        "threads": threads,
+    }
+
+
+def check_trials(spec: SweepSpec, data_dir: Optional[str] = None) -> None:
+    """Checks that need a model (jr.layers block names), once per distinct model config, before any
+    trial starts."""
+    from ..config import ConfigError
+    from ..data import dataset_info
+    from ..models import build_model
+    from ..train.jacobian import check_jr_layers
+
+    seen = set()
+    for t in spec.trials:
+        c = t.cfg
+        key = (c.model.name, c.data.dataset, repr(c.model.quant), tuple(sorted(c.jr.layers)))
+        if key in seen:
+            continue
+        seen.add(key)
+        info = dataset_info(c.data.dataset)
+        try:
+            model = build_model(
+                c.model.name,
+                num_classes=info.num_classes,
+                input_shape=info.input_shape,
+                mean=info.mean,
+                std=info.std,
+                quant=c.model.quant,
+            )
+            check_jr_layers(model, c.jr.layers)
+        except TinyRobustError as exc:
+            label = ", ".join(f"{k}={v}" for k, v in t.values.items())
+            raise ConfigError(f"trial ({label}): {exc}") from None
+        if c.data.val_size <= 0:
+            raise ConfigError(
+                "data.val_size: 0 holds out no validation images; a sweep chooses on "
+                "validation data only (set e.g. data.val_size: 5000 in the sweep's base)"
+            )
+        if spec.evaluation["n"] > c.data.val_size:
+            raise ConfigError(
+                f"evaluation.n: {spec.evaluation['n']} is more than data.val_size ({c.data.val_size}) validation images"
+            )
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: Path,
+    *,
+    executor=None,
+    address: Optional[str] = None,
+    data_dir: Optional[str] = None,
+    progress: bool = True,
+    on_result: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> Dict[str, Any]:
+    """Run every trial not yet scored; return {"trials": [...], "done", "failed", "skipped"}."""
+    import yaml
+
+    out = Path(out)
+    check_trials(spec, data_dir)
+    check_writable(out)
+    with _sweep_lock(out):
+        atomic_write_text(out / "sweep.yaml", yaml.safe_dump(spec.raw, sort_keys=False))
+        results: Dict[str, Dict[str, Any]] = {}
+        todo = []
+        for t in spec.trials:
+            r = read_result(out / "runs" / t.name)
+            if r and r.get("status") == "done":
+                results[t.key] = r
+            else:
+                todo.append(t)
+        skipped = len(spec.trials) - len(todo)
+        write_tables(spec, out, results)
+        if todo:
+            threads = spec.resources["threads_per_trial"]
+            if executor is None:
+                executor = RayExecutor(address, spec.resources["concurrent"], threads)
+            payloads = [payload(t, spec, out, data_dir, threads) for t in todo]
+            bar = tqdm(
+                total=len(spec.trials),
+                initial=skipped,
+                desc=f"sweep {spec.name}",
+                unit="trial",
+                file=sys.stderr,
+                disable=not progress,
+            )
+            try:
+                for r in executor.run(payloads):
+                    results[r["key"]] = r
+                    write_tables(spec, out, results)
+                    bar.update(1)
+                    if r.get("status") != "done":
+                        print(f"trial {r.get('run')} failed: {r.get('error')}", file=sys.stderr)
+                    if on_result:
+                        on_result(r)
+            finally:
+                bar.close()
+                executor.close()
+    ordered = [results[t.key] for t in spec.trials if t.key in results]
+    return {
+        "trials": ordered,
+        "done": sum(r["status"] == "done" for r in ordered),
+        "failed": sum(r["status"] != "done" for r in ordered),
+        "skipped": skipped,
+    }
+
+
+# ------------------------------------------------------------------ tables and the choice
+
+
+COLUMNS = [
+    "val_clean_accuracy",
+    "val_robust_accuracy",
+    "val_robust_ci95",
+    "median_jacobian_sq_frobenius",
+    "weight_kb",
+    "train_s",
+    "eval_s",
+]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def _twin_key(spec: SweepSpec, trial: Trial) -> Optional[str]:
+    twin = (spec.choice or {}).get("twin") or {}
+    if not twin:
+        return None
+    want = {**{k: v for k, v in trial.values.items() if k not in twin}, **twin}
+    for t in spec.trials:
+        # the twin's own values may lack a variable its variant does not use (lambda of "none")
+        if all(t.values.get(k) == v for k, v in want.items() if k in t.values) and all(
+            t.values.get(k) == v for k, v in twin.items()
+        ):
+            return t.key
+    return None
+
+
+def choose(spec: SweepSpec, results: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Apply the sweep file's choice rule: per group, the trial with the best ``maximize`` metric among
+    those whose validation clean accuracy is within ``max_clean_drop`` of their twin's."""
+    ch = spec.choice or {}
+    if not ch:
+        return []
+    metric = ch.get("maximize", "val_robust_accuracy")
+    drop = ch.get("max_clean_drop")
+    groups: Dict[tuple, List[Trial]] = {}
+    for t in spec.trials:
+        groups.setdefault(tuple(t.values.get(k) for k in ch.get("group_by") or []), []).append(t)
+    chosen = []
+    for g, members in groups.items():
+        best, best_v = None, -math.inf
+        for t in members:
+            r = results.get(t.key)
+            if not r or r.get("status") != "done" or r.get(metric) is None:
+                continue
+            tk = _twin_key(spec, t)
+            if tk == t.key:
+                continue  # the twin itself is the baseline, not a candidate
+            if drop is not None and tk is not None:
+                tr = results.get(tk)
+                if not tr or tr.get("status") != "done":
+                    continue  # cannot apply the rule yet
+                if r["val_clean_accuracy"] < tr["val_clean_accuracy"] - drop:
+                    continue
+            if r[metric] > best_v:
+                best, best_v = t, r[metric]
+        entry = {"group": dict(zip(ch.get("group_by") or [], g))}
+        if best is None:
+            entry.update({"chosen": None, "note": "no finished trial meets the rule (yet)"})
+        else:
+            tk = _twin_key(spec, best)
+            entry.update(
+                {
+                    "chosen": best.name,
+                    "values": best.values,
+                    metric: best_v,
+                    "twin": next((t.name for t in spec.trials if t.key == tk), None),
+                }
+            )
+        chosen.append(entry)
+    return chosen
+
+
+def write_tables(spec: SweepSpec, out: Path, results: Dict[str, Dict[str, Any]]) -> None:
+    rows = []
+    for t in spec.trials:
+        r = results.get(t.key) or {"status": "pending"}
+        row = {"trial": t.name, "status": r.get("status")}
+        row.update({a: t.values.get(a, "") for a in spec.axes})
+        row.update({c: r.get(c) for c in COLUMNS})
+        row["error"] = r.get("error", "")
+        rows.append(row)
+    header = ["trial", "status"] + spec.axes + COLUMNS + ["error"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    for row in rows:
+        w.writerow(
+            [
+                "" if row[h] is None else (" ".join(map(str, row[h])) if isinstance(row[h], list) else row[h])
+                for h in header
+            ]
+        )
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    ev = spec.evaluation
+    chosen = choose(spec, results)
+    lines = [
+        f"# Sweep {spec.name}",
+        "",
+        f"Validation images only (data.val_size held out of the training split; the test split is not used). "
+        f"Robust accuracy: per-image worst case of {', '.join(ev['attacks']) or '(none)'} at L-inf "
+        f"{_fmt(ev['eps'])}/255 on {ev['n']} stratified validation images, 95% Wilson interval; "
+        f"Jacobian: median input->logits ||J||_F^2 over {ev['jacobian_n']} validation images.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[h]).replace("|", "/") for h in header) + " |")
+    if spec.choice:
+        lines += ["", "## Choice", "", f"Rule (fixed before the sweep ran): {spec.choice.get('rule', '').strip()}", ""]
+        for c in chosen:
+            g = ", ".join(f"{k}={v}" for k, v in c["group"].items()) or "all"
+            if c["chosen"]:
+                vals = ", ".join(f"{k}={v}" for k, v in c["values"].items())
+                lines.append(f"- {g}: **{c['chosen']}** ({vals}; twin {c['twin'] or '-'})")
+            else:
+                lines.append(f"- {g}: {c['note']}")
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+    atomic_write_json(
+        out / "results.json",
+        {"sweep": spec.name, "evaluation": ev, "axes": spec.axes, "trials": rows, "choice": chosen},
+    )

@@ -1,0 +1,285 @@
+"""Issue 11, attack side: the cascade and its per-image strings, worst case with a Wilson interval,
+transfer from several surrogates (never from itself), resume keys that include the weights, masking
+checks that fail on models built to trip them, BPDA through quantizers, standard AutoAttack, and
+nested test subsets. Tiny models on synthetic 8x8 images, one thread."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from test_attacks import SHAPE, K, RoundedInput, make_data, train
+from tinyrobust.attacks import Target, format_table, run_attacks
+from tinyrobust.attacks import runner as runner_mod
+from tinyrobust.attacks.bpda import BPDA, BPDAModel, smooth_stand_in
+from tinyrobust.attacks.evaluate import dataset_source
+from tinyrobust.attacks.masking import CHECKS
+from tinyrobust.attacks.torch_attacks import AutoAttackAPGD
+from tinyrobust.data.loader import nested_stratified_order
+from tinyrobust.errors import AttackError
+from tinyrobust.report.stats import wilson
+
+NO_PROBES = {"masking_checks": False, "progress": False}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return train(0)
+
+
+@pytest.fixture(scope="module")
+def surrogate():
+    return train(1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_data(40, 2)
+
+
+def _strings(res, eps):
+    return {a: e["results"][eps]["robust"] for a, e in res["attacks"].items()}
+
+
+def test_cascade_runs_each_attack_on_the_survivors_and_transfers_last(model, surrogate, data):
+    x, y = data
+    names = ["transfer@s", "fgsm", "pgd", "cw", "square"]
+    res = run_attacks(model, x, y, names, [1, 8], surrogates={"s": surrogate}, cascade=True, seed=2,
+                      white_box_in_full=False,
+                      params={"pgd": {"steps": 3}, "cw": {"steps": 5, "binary_search_steps": 1},
+                              "square": {"queries": 30}, "transfer": {"steps": 3}}, **NO_PROBES)
+    json.dumps(res)
+    assert res["cascade"] == ["fgsm", "pgd", "cw", "square", "transfer@s"]  # transfers last
+    clean = res["clean_correct"]
+    assert len(clean) == len(x) and set(clean) <= {"0", "1"}
+    for eps in ("1", "8"):
+        strings = _strings(res, eps)
+        alive = [c == "1" for c in clean]
+        for name in res["cascade"]:
+            s = strings[name]
+            assert len(s) == len(x)
+            for i, ch in enumerate(s):
+                if not clean[i] == "1":
+                    assert ch == "0"  # clean-wrong
+                elif alive[i]:
+                    assert ch in "01"  # attacked
+                else:
+                    assert ch == "."  # broken earlier: not attacked again
+            assert res["attacks"][name]["results"][eps]["n_attacked"] == sum(alive)
+            alive = [a and c == "1" for a, c in zip(alive, s)]
+        wc = res["worst_case"][eps]
+        assert wc["robust"] == "".join("1" if a else "0" for a in alive)
+        k = wc["robust"].count("1")
+        assert wc["robust_accuracy"] == k / len(x) and wc["ci95"] == pytest.approx(list(wilson(k, len(x))), abs=1e-6)
+        assert wc["attacks"] == res["cascade"]
+    assert res["worst_case"]["8"]["robust_accuracy"] < res["clean_accuracy"]
+    assert res["attacks"]["transfer@s"]["surrogate"] == "s"
+    table = format_table(res)
+    assert "95% CI (Wilson)" in table and "cascade" in table
+
+
+def test_leading_white_box_attacks_run_in_full_so_the_winner_is_measured(model, data):
+    res = run_attacks(model, *data, ["fgsm", "pgd", "square"], [8], cascade=True,
+                      params={"pgd": {"steps": 3}, "square": {"queries": 30}}, **NO_PROBES)
+    s = _strings(res, "8")
+    assert "." not in s["fgsm"] and "." not in s["pgd"]
+    both = sum(a == b == "1" for a, b in zip(s["fgsm"], s["pgd"]))
+    assert res["attacks"]["square"]["results"]["8"]["n_attacked"] == both
+    winner = res["white_box_winner"]["8"]
+    assert set(winner["compared"]) == {"fgsm", "pgd"} and winner["robust_accuracy"] == min(winner["compared"].values())
+
+
+def test_without_cascade_every_attack_sees_every_clean_correct_image(model, data):
+    res = run_attacks(model, *data, ["fgsm", "pgd"], [4], params={"pgd": {"steps": 3}}, **NO_PROBES)
+    n_correct = res["n_clean_correct"]
+    for name, s in _strings(res, "4").items():
+        assert "." not in s and res["attacks"][name]["results"]["4"]["n_attacked"] == n_correct
+    assert res["cascade"] is None and res["white_box_winner"]["4"]["attack"] in ("fgsm", "pgd")
+
+
+def test_several_surrogates_and_never_a_transfer_from_itself(model, surrogate, data):
+    twin = train(0)  # same seed, same weights as the target: a copy of itself
+    res = run_attacks(model, *data, ["transfer"], [8], surrogates={"other": surrogate, "twin": twin},
+                      params={"transfer": {"steps": 3}}, **NO_PROBES)
+    assert list(res["attacks"]) == ["transfer@other"]
+    assert "own weights" in res["skipped"]["transfer@twin"]
+    assert res["surrogate_sha256_weights"]["other"] != res["model_sha256_weights"]
+    with pytest.raises(AttackError, match="surrogate named 'nope'"):
+        run_attacks(model, *data, ["transfer@nope"], [8], surrogates={"other": surrogate}, **NO_PROBES)
+
+
+def test_resume_reuses_finished_attacks_but_not_after_the_weights_change(model, surrogate, data, tmp_path,
+                                                                         monkeypatch):
+    calls = []
+    real = runner_mod._run_one
+    monkeypatch.setattr(runner_mod, "_run_one", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
+    kw = dict(params={"pgd": {"steps": 3}, "transfer": {"steps": 3}}, resume_dir=tmp_path, **NO_PROBES)
+    first = run_attacks(model, *data, ["pgd", "transfer@s"], [4], surrogates={"s": surrogate}, **kw)
+    assert calls == ["pgd", "transfer@s"]
+    again = run_attacks(model, *data, ["pgd", "transfer@s"], [4], surrogates={"s": surrogate}, **kw)
+    assert calls == ["pgd", "transfer@s"] and again["attacks"] == first["attacks"]  # nothing redone
+
+    retrained_surrogate = train(2)
+    run_attacks(model, *data, ["pgd", "transfer@s"], [4], surrogates={"s": retrained_surrogate}, **kw)
+    assert calls[2:] == ["transfer@s"]  # only the part that depends on the surrogate
+
+    perturbed = train(0)
+    with torch.no_grad():
+        perturbed[0].weight.add_(1e-3)
+    run_attacks(perturbed, *data, ["pgd", "transfer@s"], [4], surrogates={"s": retrained_surrogate}, **kw)
+    assert calls[3:] == ["pgd", "transfer@s"]  # new weights: nothing stale reused
+
+
+class Softmaxed(nn.Module):
+    """Returns probabilities instead of logits (a classic masking mistake)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return torch.softmax(self.model(x) * 20, dim=1)
+
+
+class SecretlyRandom(nn.Module):
+    """Random at inference but does not declare ``stochastic``: the check must measure it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x + 0.05 * torch.randn_like(x))
+
+
+def _checks(model, data, names, attacks=("pgd",), **kw):
+    params = {"pgd": {"steps": 5}, "square": {"queries": 300},
+              "masking": {"checks": ",".join(names), "many_steps": 20}}
+    res = run_attacks(model, *data, list(attacks), [2, 8], params={k: v for k, v in params.items()
+                                                                   if k in attacks or k == "masking"},
+                      progress=False, **kw)
+    return res, {c["check"]: c["passed"] for c in res["masking_checks"]["checks"]}
+
+
+def test_each_new_check_passes_on_a_normal_model_and_fails_on_one_built_to_trip_it(model, data):
+    names = ["deterministic_outputs", "zero_gradients", "outputs_not_probabilities", "black_box_only_breaks",
+             "more_steps_not_worse"]
+    res, ok = _checks(model, data, names, attacks=("pgd", "square"))
+    assert ok == {n: True for n in names}, res["masking_checks"]
+    assert res["masking_probes"]["more_steps"]["eps"] in (0.5, 1, 2, 4, 8)
+    assert res["masking_probes"]["more_steps"]["scan_few_steps"]
+
+    res, ok = _checks(SecretlyRandom(model), data, ["deterministic_outputs"], eot_samples=2)
+    assert ok == {"deterministic_outputs": False} and res["eot_samples"] == 2 and res["randomness_measured"]
+
+    _, ok = _checks(RoundedInput(model), data, ["zero_gradients", "black_box_only_breaks"], attacks=("pgd", "square"))
+    assert ok == {"zero_gradients": False, "black_box_only_breaks": False}
+
+    _, ok = _checks(Softmaxed(model), data, ["outputs_not_probabilities"])
+    assert ok == {"outputs_not_probabilities": False}
+
+
+def test_unknown_check_or_attack_name_is_one_line_listing_the_valid_ones(model, data):
+    with pytest.raises(AttackError) as err:
+        run_attacks(model, *data, ["pgd"], [2], params={"masking": {"checks": "zero_gradients,bogus"}},
+                    progress=False)
+    assert "bogus" in str(err.value) and all(c in str(err.value) for c in CHECKS) and "\n" not in str(err.value)
+    with pytest.raises(AttackError, match="apgd.*autoattack"):
+        run_attacks(model, *data, ["autoatack"], [2], **NO_PROBES)
+    with pytest.raises(AttackError, match=r"\(0, 255\]"):
+        run_attacks(model, *data, ["pgd"], [300], **NO_PROBES)
+
+
+def _tiny_quant_model():
+    from tinyrobust.quant.quantizers import conv2d, linear, relu
+
+    torch.manual_seed(0)
+    m = nn.Sequential(conv2d(3, 8, 3, weight="int4"), relu("int2"), nn.Flatten(), linear(8 * 64, K, weight="int4"))
+    x, y = map(torch.from_numpy, make_data(256, 1))
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    for _ in range(40):
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+    return m.eval()
+
+
+@pytest.mark.parametrize("surrogate_kind", ["soft", "float"])
+def test_bpda_forwards_through_the_real_model_and_backwards_through_a_smooth_stand_in(data, surrogate_kind):
+    real = _tiny_quant_model()
+    stand_in, replaced = smooth_stand_in(real, surrogate_kind, temperature=4.0)
+    assert replaced == 1
+    x = torch.from_numpy(data[0][:8]).requires_grad_(True)
+    bpda = BPDAModel(real, stand_in)
+    out = bpda(x)
+    assert torch.equal(out.detach(), real(x).detach())  # scored on the real model
+    (grad,) = torch.autograd.grad(out[:, 0].sum(), x)
+    (smooth_grad,) = torch.autograd.grad(stand_in(x)[:, 0].sum(), x)
+    assert torch.allclose(grad, smooth_grad) and grad.abs().sum() > 0
+    res = run_attacks(real, *data, ["bpda"], [8], params={"bpda": {"steps": 10, "surrogate": surrogate_kind}},
+                      **NO_PROBES)
+    assert res["attacks"]["bpda"]["results"]["8"]["robust_accuracy"] < res["clean_accuracy"]
+    with pytest.raises(AttackError, match="bpda.surrogate"):
+        smooth_stand_in(real, "bogus")
+
+
+def test_bpda_handles_the_frozen_model_too(data):
+    from tinyrobust.models.freeze import freeze
+
+    real = _tiny_quant_model()
+    frozen = freeze(real)
+    x = torch.from_numpy(data[0][:8])
+    stand_in, replaced = smooth_stand_in(frozen, "float")
+    ref, _ = smooth_stand_in(real, "float")
+    assert replaced == 1
+    assert torch.allclose(stand_in(x), ref(x), atol=1e-4)  # same stand-in from either module tree
+    assert torch.equal(BPDAModel(frozen, stand_in)(x), frozen(x))
+
+
+def test_bpda_on_a_float_model_is_plain_apgd(model, data):
+    t = Target(model, SHAPE)
+    x, y = data[0][:12], data[1][:12]
+    torch.manual_seed(0)
+    a = BPDA(t, 4 / 255, steps=5).generate(x, y)
+    torch.manual_seed(0)
+    b = AutoAttackAPGD(t, 4 / 255, steps=5).generate(x, y)
+    assert np.array_equal(a, b)
+
+
+def test_standard_autoattack_runs_all_stages_and_counts_queries(model, data):
+    import sys
+
+    res = run_attacks(model, data[0][:16], data[1][:16], ["autoattack"], [8],
+                      params={"autoattack": {"steps": 5, "square_queries": 30}}, **NO_PROBES)
+    r = res["attacks"]["autoattack"]["results"]["8"]
+    assert r["robust_accuracy"] < res["clean_accuracy"] and r["queries"] > 0
+    assert res["attacks"]["autoattack"]["family"] == "ensemble"
+    assert "torchvision" not in sys.modules  # torchattacks' AutoAttack path does not need it
+
+
+def test_nested_subsets_share_their_prefix_and_stay_stratified():
+    labels = np.repeat(np.arange(10), 100)
+    big, small = nested_stratified_order(labels, 500, seed=3), nested_stratified_order(labels, 200, seed=3)
+    assert np.array_equal(big[:200], small) and len(set(big)) == 500
+    assert np.bincount(labels[small], minlength=10).tolist() == [20] * 10
+    uneven = np.repeat([0, 1, 2], [50, 30, 20])
+    assert np.bincount(uneven[nested_stratified_order(uneven, 10)]).tolist() == [5, 3, 2]
+    assert not np.array_equal(nested_stratified_order(labels, 50, 0), nested_stratified_order(labels, 50, 1))
+
+
+def test_dataset_source_is_relative_to_the_data_dir(tmp_path):
+    src = f"{tmp_path}/cifar-10-batches-py (official python pickle)"
+    assert dataset_source(src, tmp_path) == "cifar-10-batches-py (official python pickle)"
+    assert dataset_source(None, tmp_path) is None

@@ -50,8 +50,9 @@ class AdvStepper:
     def __init__(self, adv: dict, jr: dict, batch: int, weight: str, act: str):
         torch.manual_seed(0)
         q = QuantConfig(weight=weight, act=act, first_weight="int8", last_weight="int8")
-        self.model = build_model("qnn", num_classes=10, input_shape=(3, 32, 32), mean=(0.5,) * 3,
-                                 std=(0.25,) * 3, quant=q).train()
+        self.model = build_model(
+            "qnn", num_classes=10, input_shape=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3, quant=q
+        ).train()
         # past the activation quantizers' statistics phase (300 batches of a costly kthvalue), so the
         # timing is of steady-state training
         with torch.no_grad():
@@ -65,8 +66,9 @@ class AdvStepper:
 
     def step(self) -> float:
         t0 = time.perf_counter()
-        out = training_step(self.model, self.x, self.y, adv=self.cfg.train.adversarial, jr=self.cfg.jr,
-                            generator=self.gen)
+        out = training_step(
+            self.model, self.x, self.y, adv=self.cfg.train.adversarial, jr=self.cfg.jr, generator=self.gen
+        )
         self.opt.zero_grad(set_to_none=True)
         out.loss.backward()
         self.opt.step()
@@ -80,8 +82,11 @@ def measure(steppers: dict, repeats: int, block: int, warmup: int) -> None:
     for r in range(repeats):
         for s in steppers.values():
             s.blocks.append(sum(s.step() for _ in range(block)) / block)
-        print(f"round {r + 1}/{repeats}: " + ", ".join(f"{k} {s.blocks[-1]:.3f}s" for k, s in steppers.items()),
-              file=sys.stderr, flush=True)
+        print(
+            f"round {r + 1}/{repeats}: " + ", ".join(f"{k} {s.blocks[-1]:.3f}s" for k, s in steppers.items()),
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def load_average() -> list[float] | None:
@@ -100,8 +105,7 @@ def markdown(result: dict) -> str:
         "",
         f"Machine: {result['machine']['processor']}, {result['machine']['cpu_count']} cores, "
         f"torch {result['machine']['torch']}, {result['threads']} torch thread(s); "
-        f"load average before/after: {result['load_before']} / {result['load_after']}. "
-        + result["note"],
+        f"load average before/after: {result['load_before']} / {result['load_after']}. " + result["note"],
         "",
         f"qnn w4a4 (8-bit first/last), batch {result['batch']}, CIFAR-10 shaped inputs; best of "
         f"{result['repeats']} interleaved blocks of {result['block']} steps each, and their median.",
@@ -110,12 +114,18 @@ def markdown(result: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for k, r in rows.items():
-        lines.append(f"| {k} | {r['images_per_s_best']:.1f} | {r['images_per_s_median']:.1f} | "
-                     f"{r['time_over_qat_best']:.2f}x | {r['time_over_qat_median']:.2f}x |")
+        lines.append(
+            f"| {k} | {r['images_per_s_best']:.1f} | {r['images_per_s_median']:.1f} | "
+            f"{r['time_over_qat_best']:.2f}x | {r['time_over_qat_median']:.2f}x |"
+        )
     t = result["target"]
-    lines += ["", f"Target: fgsm_rs + JR (batch_fraction 0.25) + QAT at most {t['max_ratio']:.0f}x a QAT step: "
-                  f"measured {t['measured_best']:.2f}x (best), {t['measured_median']:.2f}x (median): "
-                  f"{'met' if t['met'] else 'NOT met'}.", ""]
+    lines += [
+        "",
+        f"Target: fgsm_rs + JR (batch_fraction 0.25) + QAT at most {t['max_ratio']:.0f}x a QAT step: "
+        f"measured {t['measured_best']:.2f}x (best), {t['measured_median']:.2f}x (median): "
+        f"{'met' if t['met'] else 'NOT met'}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -128,10 +138,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--weight", default="int4")
     ap.add_argument("--act", default="int4")
-    ap.add_argument("--note", default="The machine was shared with other jobs while this ran (see the load "
-                                      "average), so it ran on 1 thread, not the issue's 2; interleaving and "
-                                      "best-of-N keep the ratios fair, the absolute images/s are lower than on "
-                                      "an idle machine.")
+    ap.add_argument(
+        "--note",
+        default="The machine was shared with other jobs while this ran (see the load "
+        "average), so it ran on 1 thread, not the issue's 2; interleaving and "
+        "best-of-N keep the ratios fair, the absolute images/s are lower than on "
+        "an idle machine.",
+    )
     ap.add_argument("--out", default="benchmarks/results/adv_train_throughput.json")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -141,22 +154,39 @@ def main() -> None:
     load_after = load_average()
     best = {k: min(s.blocks) for k, s in steppers.items()}
     med = {k: statistics.median(s.blocks) for k, s in steppers.items()}
-    rows = {k: {"config": {"adversarial": ROWS[k][0], "jr": ROWS[k][1]},
-                "images_per_s_best": a.batch / best[k], "images_per_s_median": a.batch / med[k],
-                "step_s_blocks": steppers[k].blocks,
-                "time_over_qat_best": best[k] / best["qat"], "time_over_qat_median": med[k] / med["qat"]}
-            for k in steppers}
+    rows = {
+        k: {
+            "config": {"adversarial": ROWS[k][0], "jr": ROWS[k][1]},
+            "images_per_s_best": a.batch / best[k],
+            "images_per_s_median": a.batch / med[k],
+            "step_s_blocks": steppers[k].blocks,
+            "time_over_qat_best": best[k] / best["qat"],
+            "time_over_qat_median": med[k] / med["qat"],
+        }
+        for k in steppers
+    }
     for k, r in rows.items():
         print(f"{k:15s} {r['images_per_s_best']:8.1f} images/s  {r['time_over_qat_best']:.2f}x QAT", flush=True)
     args = [f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k not in ("out", "note")]
     result = {
         "command": "python benchmarks/adv_train_throughput.py " + " ".join(args),
-        "model": "qnn", "weight_quant": a.weight, "act_quant": a.act, "batch": a.batch, "threads": a.threads,
-        "repeats": a.repeats, "block": a.block, "rows": rows,
-        "target": {"max_ratio": 5.0, "measured_best": rows["fgsm_rs_jr_sub"]["time_over_qat_best"],
-                   "measured_median": rows["fgsm_rs_jr_sub"]["time_over_qat_median"],
-                   "met": rows["fgsm_rs_jr_sub"]["time_over_qat_best"] <= 5.0},
-        "load_before": load_before, "load_after": load_after, "note": a.note,
+        "model": "qnn",
+        "weight_quant": a.weight,
+        "act_quant": a.act,
+        "batch": a.batch,
+        "threads": a.threads,
+        "repeats": a.repeats,
+        "block": a.block,
+        "rows": rows,
+        "target": {
+            "max_ratio": 5.0,
+            "measured_best": rows["fgsm_rs_jr_sub"]["time_over_qat_best"],
+            "measured_median": rows["fgsm_rs_jr_sub"]["time_over_qat_median"],
+            "met": rows["fgsm_rs_jr_sub"]["time_over_qat_best"] <= 5.0,
+        },
+        "load_before": load_before,
+        "load_after": load_after,
+        "note": a.note,
         "machine": {**environment(a.threads, 0), "node": platform.node()},
     }
     out = Path(a.out)

@@ -60,32 +60,54 @@ def main() -> int:
 
     # Warm-up (untimed): the first passes through a model pay one-off costs (allocator, kernels) that
     # would otherwise land on whichever row runs first.
-    run_attacks(model, x[:8], y[:8], ["autoattack"], [args.eps],
-                params={"autoattack": {"steps": 2, "square_queries": 10}}, masking_checks=False, progress=False)
+    run_attacks(
+        model,
+        x[:8],
+        y[:8],
+        ["autoattack"],
+        [args.eps],
+        params={"autoattack": {"steps": 2, "square_queries": 10}},
+        masking_checks=False,
+        progress=False,
+    )
     rows = []
     torch.manual_seed(args.seed)
     t0, c0 = time.perf_counter(), time.process_time()
-    res = run_attacks(model, x, y, ["autoattack"], [args.eps], seed=args.seed, masking_checks=False, progress=False,
-                      batch_size=128)
+    res = run_attacks(
+        model, x, y, ["autoattack"], [args.eps], seed=args.seed, masking_checks=False, progress=False, batch_size=128
+    )
     ours_s, ours_cpu = time.perf_counter() - t0, time.process_time() - c0
     r = res["attacks"]["autoattack"]["results"][f"{args.eps:g}"]
     ours = np.array([c == "1" for c in r["robust"]])
-    rows.append({"implementation": "tinyrobust autoattack (torchattacks attacks, reference budgets, our Target)",
-                 "robust_accuracy": float(ours.mean()), "seconds": round(ours_s, 1), "cpu_seconds": round(ours_cpu, 1),
-                 "queries_per_image": r.get("queries_per_image")})
+    rows.append(
+        {
+            "implementation": "tinyrobust autoattack (torchattacks attacks, reference budgets, our Target)",
+            "robust_accuracy": float(ours.mean()),
+            "seconds": round(ours_s, 1),
+            "cpu_seconds": round(ours_cpu, 1),
+            "queries_per_image": r.get("queries_per_image"),
+        }
+    )
 
     torch.manual_seed(args.seed)
-    attack = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=n_classes,
-                                     seed=args.seed)
+    attack = torchattacks.AutoAttack(
+        model, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=args.seed
+    )
     t0, c0 = time.perf_counter(), time.process_time()
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    adv = torch.cat([attack(xt[i:i + 128], yt[i:i + 128]) for i in range(0, len(xt), 128)])
+    adv = torch.cat([attack(xt[i : i + 128], yt[i : i + 128]) for i in range(0, len(xt), 128)])
     direct_s, direct_cpu = time.perf_counter() - t0, time.process_time() - c0
     with torch.no_grad():
         direct = (model(adv).argmax(1) == yt).numpy()
-    rows.append({"implementation": "torchattacks.AutoAttack(version='standard') run directly",
-                 "robust_accuracy": float(direct.mean()), "seconds": round(direct_s, 1),
-                 "cpu_seconds": round(direct_cpu, 1), "queries_per_image": None})
+    rows.append(
+        {
+            "implementation": "torchattacks.AutoAttack(version='standard') run directly",
+            "robust_accuracy": float(direct.mean()),
+            "seconds": round(direct_s, 1),
+            "cpu_seconds": round(direct_cpu, 1),
+            "queries_per_image": None,
+        }
+    )
 
     # The same four torchattacks attacks with the reference budgets, chained by torchattacks' own
     # MultiAttack without our Target: isolates what the wrapper changes (it should change nothing).
@@ -94,47 +116,74 @@ def main() -> int:
     torch.manual_seed(args.seed)
     chain = torchattacks.MultiAttack([a for _, a in standard_attacks(model, eps, n_classes, seed=args.seed)])
     t0, c0 = time.perf_counter(), time.process_time()
-    adv = torch.cat([chain(xt[i:i + 128], yt[i:i + 128]) for i in range(0, len(xt), 128)])
+    adv = torch.cat([chain(xt[i : i + 128], yt[i : i + 128]) for i in range(0, len(xt), 128)])
     chain_s, chain_cpu = time.perf_counter() - t0, time.process_time() - c0
     with torch.no_grad():
         chained = (model(adv).argmax(1) == yt).numpy()
-    rows.append({"implementation": "torchattacks.MultiAttack of the same four attacks, reference budgets, run directly",
-                 "robust_accuracy": float(chained.mean()), "seconds": round(chain_s, 1),
-                 "cpu_seconds": round(chain_cpu, 1), "queries_per_image": None})
+    rows.append(
+        {
+            "implementation": "torchattacks.MultiAttack of the same four attacks, reference budgets, run directly",
+            "robust_accuracy": float(chained.mean()),
+            "seconds": round(chain_s, 1),
+            "cpu_seconds": round(chain_cpu, 1),
+            "queries_per_image": None,
+        }
+    )
 
     with torch.no_grad():
         clean = float((model(xt).argmax(1) == yt).float().mean())
     out = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "model_run": _relative(args.run), "n": args.n, "eps": args.eps, "eps_units": "pixel/255",
-        "clean_accuracy": clean, "rows": rows,
+        "model_run": _relative(args.run),
+        "n": args.n,
+        "eps": args.eps,
+        "eps_units": "pixel/255",
+        "clean_accuracy": clean,
+        "rows": rows,
         "per_image_disagreements": int((ours != direct).sum()),
-        "broken_only_by_ours": int((~ours & direct).sum()), "broken_only_by_direct": int((ours & ~direct).sum()),
+        "broken_only_by_ours": int((~ours & direct).sum()),
+        "broken_only_by_direct": int((ours & ~direct).sum()),
         "disagreements_with_same_budget_chain": int((ours != chained).sum()),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "threads": args.threads, "python": platform.python_version(), "torch": torch.__version__,
-                    "torchattacks": torchattacks.__version__,
-                    "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()]},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": args.threads,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchattacks": torchattacks.__version__,
+            "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()],
+        },
     }
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
-    md = ["# Standard AutoAttack: tinyrobust integration vs torchattacks run directly", "",
-          f"`{out['command']}`", "",
-          f"Model `{out['model_run']}` (clean accuracy {100 * clean:.1f}% on these images), n = {args.n} CIFAR-10 "
-          f"test images (nested stratified subset, seed {args.seed}), L-inf eps {args.eps:g}/255. Machine: "
-          f"{out['machine']['cpu']}, {out['machine']['cores']} cores, {args.threads} thread(s), torch "
-          f"{torch.__version__}, torchattacks {torchattacks.__version__}.", "",
-          "| implementation | robust accuracy | wall s | CPU s |", "|---|---:|---:|---:|"]
-    md += [f"| {r['implementation']} | {100 * r['robust_accuracy']:.1f}% | {r['seconds']:.1f} "
-           f"| {r['cpu_seconds']:.1f} |" for r in rows]
-    md += ["", "Per-image disagreements with torchattacks.AutoAttack: "
-               f"{out['per_image_disagreements']} (broken only by "
-               f"ours {out['broken_only_by_ours']}, only by the direct run {out['broken_only_by_direct']}); with the "
-               f"same-budget chain: {out['disagreements_with_same_budget_chain']}. "
-               "torchattacks.AutoAttack as shipped runs APGD, APGD-T and FAB with 10 iterations; ours uses the "
-               "reference implementation's 100. The machine is shared (load average at the end "
-               f"{out['machine']['load_average_1_5_15_at_end']}): compare CPU seconds, not wall seconds."]
+    md = [
+        "# Standard AutoAttack: tinyrobust integration vs torchattacks run directly",
+        "",
+        f"`{out['command']}`",
+        "",
+        f"Model `{out['model_run']}` (clean accuracy {100 * clean:.1f}% on these images), n = {args.n} CIFAR-10 "
+        f"test images (nested stratified subset, seed {args.seed}), L-inf eps {args.eps:g}/255. Machine: "
+        f"{out['machine']['cpu']}, {out['machine']['cores']} cores, {args.threads} thread(s), torch "
+        f"{torch.__version__}, torchattacks {torchattacks.__version__}.",
+        "",
+        "| implementation | robust accuracy | wall s | CPU s |",
+        "|---|---:|---:|---:|",
+    ]
+    md += [
+        f"| {r['implementation']} | {100 * r['robust_accuracy']:.1f}% | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} |"
+        for r in rows
+    ]
+    md += [
+        "",
+        "Per-image disagreements with torchattacks.AutoAttack: "
+        f"{out['per_image_disagreements']} (broken only by "
+        f"ours {out['broken_only_by_ours']}, only by the direct run {out['broken_only_by_direct']}); with the "
+        f"same-budget chain: {out['disagreements_with_same_budget_chain']}. "
+        "torchattacks.AutoAttack as shipped runs APGD, APGD-T and FAB with 10 iterations; ours uses the "
+        "reference implementation's 100. The machine is shared (load average at the end "
+        f"{out['machine']['load_average_1_5_15_at_end']}): compare CPU seconds, not wall seconds.",
+    ]
     path.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

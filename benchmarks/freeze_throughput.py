@@ -76,13 +76,16 @@ def main() -> None:
         paths = {"brevitas": ref, "frozen": frz}
 
         with torch.no_grad():
-            lr = torch.cat([ref(x_all[i:i + 250]) for i in range(0, a.check_n, 250)])
-            lf = torch.cat([frz(x_all[i:i + 250]) for i in range(0, a.check_n, 250)])
-        check = {"n": a.check_n, "max_abs_logit_diff": float((lr - lf).abs().max()),
-                 "top1_identical": bool(torch.equal(lr.argmax(1), lf.argmax(1))),
-                 "top1_accuracy": float((lf.argmax(1) == y_all[:a.check_n]).float().mean())}
+            lr = torch.cat([ref(x_all[i : i + 250]) for i in range(0, a.check_n, 250)])
+            lf = torch.cat([frz(x_all[i : i + 250]) for i in range(0, a.check_n, 250)])
+        check = {
+            "n": a.check_n,
+            "max_abs_logit_diff": float((lr - lf).abs().max()),
+            "top1_identical": bool(torch.equal(lr.argmax(1), lf.argmax(1))),
+            "top1_accuracy": float((lf.argmax(1) == y_all[: a.check_n]).float().mean()),
+        }
 
-        xb, yb = x_all[:a.batch], y_all[:a.batch]
+        xb, yb = x_all[: a.batch], y_all[: a.batch]
 
         def fwd(m, xb=xb):
             with torch.no_grad():
@@ -92,7 +95,7 @@ def main() -> None:
             x = xb.clone().requires_grad_(True)
             torch.autograd.grad(torch.nn.functional.cross_entropy(m(x), yb, reduction="sum"), x)
 
-        xs, ys = x_all[:a.square_n].numpy(), y_all[:a.square_n].numpy()
+        xs, ys = x_all[: a.square_n].numpy(), y_all[: a.square_n].numpy()
         adv = {}
 
         def square(name, m, xs=xs, ys=ys, adv=adv):
@@ -107,15 +110,21 @@ def main() -> None:
                 best_time(lambda m=m: fwd_bwd(m), times["fwd_bwd"][p])
                 best_time(lambda m=m, p=p: square(p, m), times["square"][p])
         robust = {p: float((paths["frozen"](torch.from_numpy(adv[p])).argmax(1).numpy() == ys).mean()) for p in paths}
-        row = {"run": Path(run_dir).name, "freeze_seconds": round(freeze_s, 3), "check": check,
-               "square_adversarials_identical": bool(np.array_equal(adv["brevitas"], adv["frozen"])),
-               "square_robust_accuracy": robust}
+        row = {
+            "run": Path(run_dir).name,
+            "freeze_seconds": round(freeze_s, 3),
+            "check": check,
+            "square_adversarials_identical": bool(np.array_equal(adv["brevitas"], adv["frozen"])),
+            "square_robust_accuracy": robust,
+        }
         for k, n in (("fwd", a.batch), ("fwd_bwd", a.batch), ("square", a.square_n)):
             ips = {p: n / min(times[k][p]) for p in paths}
-            row[k] = {"brevitas_images_per_s": round(ips["brevitas"], 1),
-                      "frozen_images_per_s": round(ips["frozen"], 1),
-                      "speedup": round(ips["frozen"] / ips["brevitas"], 2),
-                      "seconds_all_repeats": {p: [round(t, 4) for t in times[k][p]] for p in paths}}
+            row[k] = {
+                "brevitas_images_per_s": round(ips["brevitas"], 1),
+                "frozen_images_per_s": round(ips["frozen"], 1),
+                "speedup": round(ips["frozen"] / ips["brevitas"], 2),
+                "seconds_all_repeats": {p: [round(t, 4) for t in times[k][p]] for p in paths},
+            }
         if a.onnx:
             row["onnxruntime_fwd_images_per_s"] = onnx_fwd(ref, run, xb, a.repeats)
         rows.append(row)
@@ -125,11 +134,21 @@ def main() -> None:
 
     out = {
         "command": "OMP_NUM_THREADS=1 python " + " ".join(shlex.quote(s) for s in [sys.argv[0], *sys.argv[1:]]),
-        "machine": {"arch": platform.machine(), "nproc": os.cpu_count(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(),
-                    "note": "shared with other jobs (helpers, a training run): best of interleaved repeats"},
-        "settings": {"batch": a.batch, "repeats": a.repeats, "square_n": a.square_n,
-                     "square_queries": a.square_queries, "square_eps": "8/255", "check_n": a.check_n},
+        "machine": {
+            "arch": platform.machine(),
+            "nproc": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "note": "shared with other jobs (helpers, a training run): best of interleaved repeats",
+        },
+        "settings": {
+            "batch": a.batch,
+            "repeats": a.repeats,
+            "square_n": a.square_n,
+            "square_queries": a.square_queries,
+            "square_eps": "8/255",
+            "check_n": a.check_n,
+        },
         "runs": rows,
     }
     path = Path(a.out)
@@ -180,15 +199,24 @@ def markdown(out) -> str:
         cells = [r["run"]]
         for k in ("fwd", "fwd_bwd", "square"):
             fmt = ".1f" if k == "square" else ".0f"
-            cells += [f"{r[k]['brevitas_images_per_s']:{fmt}}", f"{r[k]['frozen_images_per_s']:{fmt}}",
-                      f"{r[k]['speedup']:.2f}"]
-        cells += [f"{r['check']['max_abs_logit_diff']:.1e}", str(r["check"]["top1_identical"]),
-                  str(r["square_adversarials_identical"])]
+            cells += [
+                f"{r[k]['brevitas_images_per_s']:{fmt}}",
+                f"{r[k]['frozen_images_per_s']:{fmt}}",
+                f"{r[k]['speedup']:.2f}",
+            ]
+        cells += [
+            f"{r['check']['max_abs_logit_diff']:.1e}",
+            str(r["check"]["top1_identical"]),
+            str(r["square_adversarials_identical"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     onnx = [(r["run"], r["onnxruntime_fwd_images_per_s"]) for r in out["runs"] if "onnxruntime_fwd_images_per_s" in r]
     if onnx:
-        lines += ["", "onnxruntime (1 thread) forward img/s on the ONNX (QCDQ) export: "
-                  + ", ".join(f"{k}: {v}" for k, v in onnx)]
+        lines += [
+            "",
+            "onnxruntime (1 thread) forward img/s on the ONNX (QCDQ) export: "
+            + ", ".join(f"{k}: {v}" for k, v in onnx),
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -81,8 +81,12 @@ def main() -> None:
     kw = dict(num_classes=10, input_shape=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3)
     q = QuantConfig(weight=a.weight, act=a.act, first_weight="int8", last_weight="int8")
     steppers = {}
-    for label, quant, jr, frac in [("float", QuantConfig(), 0.0, 1.0), ("qat", q, 0.0, 1.0), ("qat_jr1", q, 0.01, 1.0),
-                                   ("qat_jr1_sub", q, 0.01, a.jr_fraction)]:
+    for label, quant, jr, frac in [
+        ("float", QuantConfig(), 0.0, 1.0),
+        ("qat", q, 0.0, 1.0),
+        ("qat_jr1", q, 0.01, 1.0),
+        ("qat_jr1_sub", q, 0.01, a.jr_fraction),
+    ]:
         torch.manual_seed(0)
         steppers[label] = Stepper(build_model(a.model, quant=quant, **kw), jr, a.batch, frac)
     times = measure(steppers, a.steps, a.warmup)
@@ -91,13 +95,20 @@ def main() -> None:
         print(f"{label:8s} {v:8.1f} images/s", flush=True)
     ratio = rows["qat"] / rows["qat_jr1"]
     ratio_sub = rows["qat"] / rows["qat_jr1_sub"]
-    print(f"QAT+JR step time / QAT step time = {ratio:.2f}x (whole batch), "
-          f"{ratio_sub:.2f}x (batch_fraction {a.jr_fraction})")
+    print(
+        f"QAT+JR step time / QAT step time = {ratio:.2f}x (whole batch), "
+        f"{ratio_sub:.2f}x (batch_fraction {a.jr_fraction})"
+    )
     result = {
-        "command": "python benchmarks/train_throughput.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k != "out"),
-        "model": a.model, "weight_quant": a.weight, "act_quant": a.act, "batch": a.batch,
-        "images_per_s": rows, "jr_over_qat_time_ratio": ratio, "jr_fraction": a.jr_fraction,
+        "command": "python benchmarks/train_throughput.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if k != "out"),
+        "model": a.model,
+        "weight_quant": a.weight,
+        "act_quant": a.act,
+        "batch": a.batch,
+        "images_per_s": rows,
+        "jr_over_qat_time_ratio": ratio,
+        "jr_fraction": a.jr_fraction,
         "jr_sub_batch_over_qat_time_ratio": ratio_sub,
         "machine": {**environment(a.threads, 0), "node": platform.node()},
     }

@@ -9,6 +9,7 @@ few dozen SGD steps, so accuracy tests can demand clearly-above-chance numbers.
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from typing import Any, Dict
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from tinyrobust.config import config_from_dict, dump_config
 from tinyrobust.data import cifar10
@@ -348,3 +350,37 @@ def make_res(
         },
         "notes": [],
     }
+
+
+# ---------------------------------------------------------------- run-folder helpers (test_train, test_adversarial)
+
+# metric fields that are a pure function of (config, seed); the rest are timings
+DETERMINISTIC = (
+    "epoch",
+    "train_loss",
+    "train_ce",
+    "train_jr_penalty",
+    "jr_estimates",
+    "train_accuracy",
+    "test_accuracy",
+    "lr_end",
+)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def deterministic(rows: list[dict]) -> list[dict]:
+    return [{k: r[k] for k in DETERMINISTIC} for r in rows]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+class _Crash(Exception):
+    pass

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from test_train import _Crash, assert_same_weights, deterministic, metrics
 from tinyrobust.config import QuantConfig, config_from_dict
 from tinyrobust.errors import ConfigError
 from tinyrobust.models import build_model
@@ -20,7 +19,15 @@ from tinyrobust.train.adversarial import adversarial_generator, fgsm_rs, pgd, st
 from tinyrobust.train.checkpoint import load_checkpoint, quant_runtime_state
 from tinyrobust.train.jacobian import frozen_statistics, training_forward
 
-from conftest import assert_one_line_error, run_cli, tiny_config_dict
+from conftest import (
+    _Crash,
+    assert_one_line_error,
+    assert_same_weights,
+    deterministic,
+    metrics,
+    run_cli,
+    tiny_config_dict,
+)
 
 ADV = "train.adversarial"
 
@@ -67,8 +74,10 @@ def test_bad_method_fails_before_training(fake_cifar, tmp_path, capsys, write_co
 
     monkeypatch.setattr(loop, "_train_run", boom)
     cfg = write_config(tiny_config_dict())
-    code, out, err = run_cli(["train", "--config", cfg, "--run-dir", tmp_path / "r", "--quiet",
-                              "--set", "train.adversarial.method=fgsm"], capsys)
+    code, out, err = run_cli(
+        ["train", "--config", cfg, "--run-dir", tmp_path / "r", "--quiet", "--set", "train.adversarial.method=fgsm"],
+        capsys,
+    )
     assert_one_line_error(code, err, "tinyrobust train")
     assert "train.adversarial.method: 'fgsm' is not allowed; choose one of: none, fgsm_rs, pgd, trades" in err
 
@@ -79,8 +88,9 @@ def test_bad_method_fails_before_training(fake_cifar, tmp_path, capsys, write_co
 def qnn(weight="int4", act="int4"):
     torch.manual_seed(0)
     quant = QuantConfig(weight=weight, act=act, first_weight="int8", last_weight="int8")
-    return build_model("qnn", num_classes=10, input_shape=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3,
-                       quant=quant).train()
+    return build_model(
+        "qnn", num_classes=10, input_shape=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3, quant=quant
+    ).train()
 
 
 def batch(n=8, seed=0):
@@ -96,8 +106,9 @@ def statistics(model):
 
 def same_statistics(a, b):
     (ba, qa), (bb, qb) = a, b
-    return (all(torch.equal(ba[k], bb[k]) for k in ba)
-            and all(qa[k][0] == qb[k][0] and torch.equal(qa[k][1], qb[k][1]) for k in qa))
+    return all(torch.equal(ba[k], bb[k]) for k in ba) and all(
+        qa[k][0] == qb[k][0] and torch.equal(qa[k][1], qb[k][1]) for k in qa
+    )
 
 
 @pytest.mark.parametrize("method", ["fgsm_rs", "pgd"])
@@ -109,8 +120,7 @@ def test_attacks_stay_in_the_ball_raise_the_loss_and_touch_nothing(method):
     eps, step = 8 / 255, 10 / 255
     gen = adversarial_generator(0, 0)
     with frozen_statistics(model):
-        x_adv = (fgsm_rs(model, x, y, eps, step, gen) if method == "fgsm_rs"
-                 else pgd(model, x, y, eps, 2 / 255, 5, gen))
+        x_adv = fgsm_rs(model, x, y, eps, step, gen) if method == "fgsm_rs" else pgd(model, x, y, eps, 2 / 255, 5, gen)
         with torch.no_grad():
             loss_clean = F.cross_entropy(model(x), y)
             loss_adv = F.cross_entropy(model(x_adv), y)
@@ -145,15 +155,27 @@ def test_method_none_is_the_plain_step_bit_for_bit():
     assert out.clean_correct == int((logits.argmax(1) == y).sum())
 
 
-QUANTS = [("float", "float"), ("int8", "int8"), ("int4", "int4"), ("int2", "int4"), ("ternary", "int4"),
-          ("stochastic_ternary", "int4"), ("binary", "int4")]
-JRS = {"none": {}, "network": {"weight": 0.01}, "layers": {"layers": {"block2": 0.05}},
-       "both_quarter": {"weight": 0.01, "layers": {"block2": 0.05}, "batch_fraction": 0.25}}
+QUANTS = [
+    ("float", "float"),
+    ("int8", "int8"),
+    ("int4", "int4"),
+    ("int2", "int4"),
+    ("ternary", "int4"),
+    ("stochastic_ternary", "int4"),
+    ("binary", "int4"),
+]
+JRS = {
+    "none": {},
+    "network": {"weight": 0.01},
+    "layers": {"layers": {"block2": 0.05}},
+    "both_quarter": {"weight": 0.01, "layers": {"block2": 0.05}, "batch_fraction": 0.25},
+}
 
 
 # every quantizer without JR; every JR mode (whole network, per layer, both on a quarter batch) on two of them
-COMBOS = [(q, "none") for q in QUANTS] + [(q, jr) for q in QUANTS if q[0] in ("int4", "ternary")
-                                          for jr in JRS if jr != "none"]
+COMBOS = [(q, "none") for q in QUANTS] + [
+    (q, jr) for q in QUANTS if q[0] in ("int4", "ternary") for jr in JRS if jr != "none"
+]
 
 
 @pytest.mark.parametrize("method", ["fgsm_rs", "pgd", "trades"])
@@ -195,10 +217,14 @@ def test_step_moves_statistics_once():
 
 
 def test_fgsm_run_logs_robust_metrics_and_keeps_the_best_robust_weights(train_tiny, tmp_path):
-    run_dir, summary = train_tiny(data={"dataset": "cifar10", "val_size": 30},
-                                  train={"epochs": 2, "max_batches_per_epoch": 3,
-                                         "adversarial": {"method": "fgsm_rs", "eps": 8, "check_n": 20,
-                                                         "check_steps": 3}})
+    run_dir, summary = train_tiny(
+        data={"dataset": "cifar10", "val_size": 30},
+        train={
+            "epochs": 2,
+            "max_batches_per_epoch": 3,
+            "adversarial": {"method": "fgsm_rs", "eps": 8, "check_n": 20, "check_steps": 3},
+        },
+    )
     rows = metrics(run_dir)
     for r in rows:
         assert 0 <= r["train_robust_accuracy"] <= 1 and r["train_accuracy"] is None
@@ -218,8 +244,14 @@ def test_fgsm_run_logs_robust_metrics_and_keeps_the_best_robust_weights(train_ti
     from tinyrobust.runs import load_run
 
     run = load_run(run_dir)
-    last = build_model("qnn", num_classes=10, input_shape=(3, 32, 32), mean=run.dataset_info.mean,
-                       std=run.dataset_info.std, quant=run.cfg.model.quant)
+    last = build_model(
+        "qnn",
+        num_classes=10,
+        input_shape=(3, 32, 32),
+        mean=run.dataset_info.mean,
+        std=run.dataset_info.std,
+        quant=run.cfg.model.quant,
+    )
     from tinyrobust.train.checkpoint import load_weights
 
     load_weights(run_dir / "model_last.safetensors", last)
@@ -242,9 +274,13 @@ def assert_same_weights_files(a, b):
 
 
 def test_without_a_validation_split_the_check_uses_training_images_and_says_so(train_tiny):
-    run_dir, summary = train_tiny(train={"epochs": 1, "max_batches_per_epoch": 1,
-                                         "adversarial": {"method": "trades", "steps": 2, "check_n": 10,
-                                                         "check_steps": 2}})
+    run_dir, summary = train_tiny(
+        train={
+            "epochs": 1,
+            "max_batches_per_epoch": 1,
+            "adversarial": {"method": "trades", "steps": 2, "check_n": 10, "check_steps": 2},
+        }
+    )
     row = metrics(run_dir)[0]
     assert row["robust_check"]["source"] == "train" and "no validation split" in row["robust_check"]["note"]
     assert row["train_trades_kl"] >= 0 and 0 <= row["train_accuracy"] <= 1
@@ -256,12 +292,23 @@ def test_early_stop_on_catastrophic_overfitting(train_tiny, tmp_path, monkeypatc
 
     def fake_check(model, x, y, **kw):
         acc = next(accs)
-        return {"n": len(y), "eps": kw["eps"], "steps": kw["steps"], "clean_accuracy": 0.9,
-                "robust_accuracy": acc, "robust_ci95": [acc, acc]}
+        return {
+            "n": len(y),
+            "eps": kw["eps"],
+            "steps": kw["steps"],
+            "clean_accuracy": 0.9,
+            "robust_accuracy": acc,
+            "robust_ci95": [acc, acc],
+        }
 
     monkeypatch.setattr(loop, "robust_check", fake_check)
-    sections = dict(train={"epochs": 4, "max_batches_per_epoch": 1,
-                           "adversarial": {"method": "fgsm_rs", "check_n": 10, "early_stop_drop": 0.2}})
+    sections = dict(
+        train={
+            "epochs": 4,
+            "max_batches_per_epoch": 1,
+            "adversarial": {"method": "fgsm_rs", "check_n": 10, "early_stop_drop": 0.2},
+        }
+    )
     run_dir, summary = train_tiny(**sections)
     assert [r["epoch"] for r in metrics(run_dir)] == [1, 2, 3]
     assert metrics(run_dir)[-1]["robust_check"]["early_stop"] is True
@@ -277,16 +324,25 @@ def test_early_stop_on_catastrophic_overfitting(train_tiny, tmp_path, monkeypatc
     assert again["stopped_early_at_epoch"] == 3 and len(metrics(run_dir)) == 3
 
 
-@pytest.mark.parametrize("jr, epochs", [
-    ({}, 2),
-    pytest.param({"weight": 0.05, "layers": {"block2": 0.05}, "batch_fraction": 0.5}, 3, marks=pytest.mark.slow),
-], ids=["no_jr", "jr_both_half"])
+@pytest.mark.parametrize(
+    "jr, epochs",
+    [
+        ({}, 2),
+        pytest.param({"weight": 0.05, "layers": {"block2": 0.05}, "batch_fraction": 0.5}, 3, marks=pytest.mark.slow),
+    ],
+    ids=["no_jr", "jr_both_half"],
+)
 def test_resume_after_a_crash_is_exact(train_tiny, tmp_path, monkeypatch, jr, epochs):
     sections = dict(
         data={"dataset": "cifar10", "val_size": 20},
-        train={"epochs": epochs, "max_batches_per_epoch": 2, "augment": True,
-               "adversarial": {"method": "fgsm_rs", "eps": 8, "check_n": 20, "check_steps": 2}},
-        jr=jr)
+        train={
+            "epochs": epochs,
+            "max_batches_per_epoch": 2,
+            "augment": True,
+            "adversarial": {"method": "fgsm_rs", "eps": 8, "check_n": 20, "check_steps": 2},
+        },
+        jr=jr,
+    )
     ref_dir, ref_summary = train_tiny(tmp_path / "ref", **sections)
     real_save = loop.save_checkpoint
 
@@ -303,8 +359,9 @@ def test_resume_after_a_crash_is_exact(train_tiny, tmp_path, monkeypatch, jr, ep
     _, summary = train_tiny(tmp_path / "crashed", resume=True, **sections)
 
     assert_same_weights(ref_dir, tmp_path / "crashed")
-    assert_same_weights_files(ref_dir / "model_best_robust.safetensors",
-                              tmp_path / "crashed" / "model_best_robust.safetensors")
+    assert_same_weights_files(
+        ref_dir / "model_best_robust.safetensors", tmp_path / "crashed" / "model_best_robust.safetensors"
+    )
     keys = ("train_robust_accuracy", "robust_check", "val_accuracy")
     ref_rows, rows = metrics(ref_dir), metrics(tmp_path / "crashed")
     assert deterministic(rows) == deterministic(ref_rows)
@@ -329,12 +386,23 @@ def test_keep_last_leaves_the_last_epoch_in_model_safetensors(train_tiny, monkey
 
     def fake_check(model, x, y, **kw):
         acc = next(accs)
-        return {"n": len(y), "eps": kw["eps"], "steps": kw["steps"], "clean_accuracy": 0.9,
-                "robust_accuracy": acc, "robust_ci95": [acc, acc]}
+        return {
+            "n": len(y),
+            "eps": kw["eps"],
+            "steps": kw["steps"],
+            "clean_accuracy": 0.9,
+            "robust_accuracy": acc,
+            "robust_ci95": [acc, acc],
+        }
 
     monkeypatch.setattr(loop, "robust_check", fake_check)
-    run_dir, summary = train_tiny(train={"epochs": 2, "max_batches_per_epoch": 1, "adversarial": {
-        "method": "pgd", "steps": 1, "check_n": 10, "early_stop_drop": None, "keep": "last"}})
+    run_dir, summary = train_tiny(
+        train={
+            "epochs": 2,
+            "max_batches_per_epoch": 1,
+            "adversarial": {"method": "pgd", "steps": 1, "check_n": 10, "early_stop_drop": None, "keep": "last"},
+        }
+    )
     assert summary["weights"] == {"kept": "last", "epoch": 2} and summary["best_robust_epoch"] == 1
     assert summary["stopped_early_at_epoch"] is None
     assert_same_weights_files(run_dir / "model_last.safetensors", run_dir / "model.safetensors")
@@ -366,7 +434,7 @@ def test_adversarial_training_buys_robustness(tiny_net, one_thread):
         for _ in range(25):
             perm = torch.randperm(512)
             for i in range(0, 512, 64):
-                idx = perm[i:i + 64]
+                idx = perm[i : i + 64]
                 out = training_step(model, xtr[idx], ytr[idx], adv=cfg.train.adversarial, jr=cfg.jr, generator=gen)
                 opt.zero_grad()
                 out.loss.backward()
@@ -386,10 +454,17 @@ def test_sigkill_mid_run_and_resume_reproduces_the_uninterrupted_run(fake_cifar,
 
     from test_train import Trainer
 
-    raw = tiny_config_dict(name="adv_killed", data={"dataset": "cifar10", "val_size": 20},
-                           train={"epochs": 3, "max_batches_per_epoch": 3, "augment": True,
-                                  "adversarial": {"method": "fgsm_rs", "check_n": 20, "check_steps": 2}},
-                           jr={"weight": 0.02, "batch_fraction": 0.5})
+    raw = tiny_config_dict(
+        name="adv_killed",
+        data={"dataset": "cifar10", "val_size": 20},
+        train={
+            "epochs": 3,
+            "max_batches_per_epoch": 3,
+            "augment": True,
+            "adversarial": {"method": "fgsm_rs", "check_n": 20, "check_steps": 2},
+        },
+        jr={"weight": 0.02, "batch_fraction": 0.5},
+    )
     cfg_path = write_config(raw)
     ref_dir = tmp_path / "reference"
     loop.train_run(config_from_dict(raw), ref_dir, progress=False)

@@ -16,18 +16,30 @@ import pytest
 import torch
 from torch import nn
 
-from tinyrobust.attacks import (ATTACKS, Target, attack_run, check_masking, expand_attack_names, format_table,
-                                list_attacks, run_attacks)
-from tinyrobust.attacks.cli_command import add_parser, parse_eps, parse_overrides, run as cli_run
+from attack_toys import SHAPE, K, RoundedInput, make_data, train  # noqa: F401
+from tinyrobust.attacks import (
+    ATTACKS,
+    Target,
+    attack_run,
+    check_masking,
+    expand_attack_names,
+    format_table,
+    list_attacks,
+    run_attacks,
+)
+from tinyrobust.attacks.cli_command import add_parser, parse_eps, parse_overrides
+from tinyrobust.attacks.cli_command import run as cli_run
 from tinyrobust.errors import AttackError
-
-K, SHAPE = 4, (3, 8, 8)
 
 # Budgets small enough for a test, large enough for each attack to do something.
 CHEAP = {
-    "pgd": {"steps": 5}, "apgd": {"steps": 10}, "bpda": {"steps": 10},
-    "autoattack": {"steps": 5, "square_queries": 50}, "cw": {"steps": 10, "binary_search_steps": 2},
-    "square": {"queries": 50}, "transfer": {"steps": 5},
+    "pgd": {"steps": 5},
+    "apgd": {"steps": 10},
+    "bpda": {"steps": 10},
+    "autoattack": {"steps": 5, "square_queries": 50},
+    "cw": {"steps": 10, "binary_search_steps": 2},
+    "square": {"queries": 50},
+    "transfer": {"steps": 5},
     "hopskipjump": {"max_iter": 2, "max_eval": 50, "init_eval": 10, "init_size": 20},
     "boundary": {"max_iter": 10, "num_trial": 5, "sample_size": 5, "init_size": 20},
     "zoo": {"max_iter": 2, "nb_parallel": 16},
@@ -42,37 +54,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def make_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Four low-contrast class templates plus noise: separable, but breakable at 8/255."""
-    templates = np.random.default_rng(0).uniform(0.45, 0.55, (K, *SHAPE)).astype(np.float32)
-    y = np.arange(n) % K
-    x = np.clip(templates[y] + np.random.default_rng(seed).normal(0, 0.1, (n, *SHAPE)), 0, 1)
-    return x.astype(np.float32), y.astype(np.int64)
-
-
-def train(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, K))
-    x, y = map(torch.from_numpy, make_data(512, 1 + seed))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
-
-
-class RoundedInput(nn.Module):
-    """Gradient masking by construction: rounding the input has zero gradient everywhere."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(torch.round(x * 16) / 16)
 
 
 class Noisy(nn.Module):
@@ -122,7 +103,7 @@ def test_bad_inputs_and_params_rejected(model, data):
     x, y = data
     with pytest.raises(AttackError, match="valid: steps, step_scale, random_starts"):
         run_attacks(model, x, y, ["pgd"], [8], params={"pgd": {"stepz": 3}}, **NO_PROBES)
-    with pytest.raises(AttackError, match="pgd.steps must be of type int"):
+    with pytest.raises(AttackError, match="pgd.steps: expected an integer"):
         run_attacks(model, x, y, ["pgd"], [8], params={"pgd": {"steps": "many"}}, **NO_PROBES)
     with pytest.raises(AttackError, match="not being run"):
         run_attacks(model, x, y, ["pgd"], [8], params={"square": {"queries": 5}}, **NO_PROBES)
@@ -135,8 +116,9 @@ def test_bad_inputs_and_params_rejected(model, data):
 def test_transfer_needs_a_surrogate(model, data):
     with pytest.raises(AttackError, match="surrogate"):
         run_attacks(model, *data, ["transfer"], [8], **NO_PROBES)
-    res = run_attacks(model, *data, ["pgd", "transfer"], [8], surrogate=model, params={"pgd": {"steps": 2}},
-                      **NO_PROBES)  # a transfer from itself is white-box: skipped, with the reason
+    res = run_attacks(
+        model, *data, ["pgd", "transfer"], [8], surrogate=model, params={"pgd": {"steps": 2}}, **NO_PROBES
+    )  # a transfer from itself is white-box: skipped, with the reason
     assert "transfer" not in res["attacks"] and "own weights" in res["skipped"]["transfer"]
     assert "n/a" in format_table(res)
 
@@ -145,8 +127,9 @@ def test_transfer_needs_a_surrogate(model, data):
 def test_every_attack_runs_and_reports_sane_fields(model, data, name):
     x, y = data[0][:16], data[1][:16]
     surrogate = train(1) if name == "transfer" else None
-    res = run_attacks(model, x, y, [name], [4, 8], surrogate=surrogate, params={name: CHEAP.get(name, {})},
-                      seed=1, **NO_PROBES)
+    res = run_attacks(
+        model, x, y, [name], [4, 8], surrogate=surrogate, params={name: CHEAP.get(name, {})}, seed=1, **NO_PROBES
+    )
     json.dumps(res)  # JSON-able
     spec, entry = ATTACKS.get(name), res["attacks"][name]
     assert entry["family"] == spec.family and entry["threat_model"] == spec.describe(entry["params"])
@@ -185,7 +168,8 @@ def test_results_are_reproducible(model, data):
     a, b = run_attacks(*args, **kw), run_attacks(*args, **kw)
     for name in ("pgd", "square"):
         assert a["attacks"][name]["results"]["4"] | {"wall_time_s": 0} == b["attacks"][name]["results"]["4"] | {
-            "wall_time_s": 0}
+            "wall_time_s": 0
+        }
 
 
 def test_eot_averages_gradients_over_samples(model, data):
@@ -239,11 +223,19 @@ def test_check_masking_on_hand_made_results():
         return {"family": family, "results": {k: {"robust_accuracy": v} for k, v in accs.items()}}
 
     base = {"n": 100, "eps": [2.0, 8.0]}
-    ok = check_masking({**base, "attacks": {"pgd": entry("white", {"2": 0.5, "8": 0.1}),
-                                            "square": entry("black", {"2": 0.6, "8": 0.2})}})
+    ok = check_masking(
+        {
+            **base,
+            "attacks": {"pgd": entry("white", {"2": 0.5, "8": 0.1}), "square": entry("black", {"2": 0.6, "8": 0.2})},
+        }
+    )
     assert ok["passed"] and [c["passed"] for c in ok["checks"]] == [True, None, True, None, None, None, None, None]
-    bad = check_masking({**base, "attacks": {"pgd": entry("white", {"2": 0.3, "8": 0.5}),
-                                             "square": entry("black", {"2": 0.3, "8": 0.1})}})
+    bad = check_masking(
+        {
+            **base,
+            "attacks": {"pgd": entry("white", {"2": 0.3, "8": 0.5}), "square": entry("black", {"2": 0.3, "8": 0.1})},
+        }
+    )
     assert not bad["passed"] and "monotone_in_eps" in bad["verdict"] and "white_box_beats_black_box" in bad["verdict"]
     within_tolerance = check_masking({**base, "attacks": {"pgd": entry("white", {"2": 0.30, "8": 0.32})}})
     assert within_tolerance["passed"]
@@ -251,7 +243,11 @@ def test_check_masking_on_hand_made_results():
 
 def test_cli_parsing_and_list(capsys):
     assert parse_overrides(["pgd.steps=50", "masking.large_eps=128", "zoo.learning_rate=0.5", "x.y=abc"]) == {
-        "pgd": {"steps": 50}, "masking": {"large_eps": 128}, "zoo": {"learning_rate": 0.5}, "x": {"y": "abc"}}
+        "pgd": {"steps": 50},
+        "masking": {"large_eps": 128},
+        "zoo": {"learning_rate": 0.5},
+        "x": {"y": "abc"},
+    }
     for bad in ("pgd=5", "steps=5", "pgd.steps"):
         with pytest.raises(AttackError, match="ATTACK.KEY=VALUE"):
             parse_overrides([bad])
@@ -276,25 +272,41 @@ def fake_run(monkeypatch, model, data):
     info = SimpleNamespace(kind="image", input_shape=SHAPE, num_classes=K, source="synthetic")
     runs = types.ModuleType("tinyrobust.runs")
     runs.load_run = lambda run_dir: SimpleNamespace(
-        model=model, config={"data": {"dataset": "toy"}, "model": {"name": "tiny-cnn"}},
-        run_dir=Path(run_dir), dataset_info=info)
+        model=model,
+        config={"data": {"dataset": "toy"}, "model": {"name": "tiny-cnn"}},
+        run_dir=Path(run_dir),
+        dataset_info=info,
+    )
     data_mod = types.ModuleType("tinyrobust.data")
     data_mod.load_dataset = lambda name, split, data_dir=None: SimpleNamespace(x=images, y=y)
     loader = types.ModuleType("tinyrobust.data.loader")
     loader.stratified_subset = lambda labels, n, seed: np.random.default_rng(seed).permutation(len(labels))[:n]
     loader.nested_stratified_order = loader.stratified_subset
-    loader.to_tensors = lambda ds, idx: (torch.from_numpy(ds.x[idx]).permute(0, 3, 1, 2).float() / 255,
-                                         torch.from_numpy(ds.y[idx]))
+    loader.to_tensors = lambda ds, idx: (
+        torch.from_numpy(ds.x[idx]).permute(0, 3, 1, 2).float() / 255,
+        torch.from_numpy(ds.y[idx]),
+    )
     for name, mod in (("tinyrobust.runs", runs), ("tinyrobust.data", data_mod), ("tinyrobust.data.loader", loader)):
         monkeypatch.setitem(sys.modules, name, mod)
     return info
 
 
 def test_attack_run_writes_robustness_json(fake_run, tmp_path):
-    res = attack_run(tmp_path / "run", "fgsm,black", [8], n=20, out=tmp_path / "out",
-                     params={"square": {"queries": 20}, "hopskipjump": CHEAP["hopskipjump"],
-                             "boundary": CHEAP["boundary"], "zoo": CHEAP["zoo"], "masking": {"many_steps": 30}},
-                     progress=False)
+    res = attack_run(
+        tmp_path / "run",
+        "fgsm,black",
+        [8],
+        n=20,
+        out=tmp_path / "out",
+        params={
+            "square": {"queries": 20},
+            "hopskipjump": CHEAP["hopskipjump"],
+            "boundary": CHEAP["boundary"],
+            "zoo": CHEAP["zoo"],
+            "masking": {"many_steps": 30},
+        },
+        progress=False,
+    )
     written = json.loads((tmp_path / "out" / "robustness.json").read_text())
     assert written["meta"]["model"] == "tiny-cnn" and written["meta"]["subset"]["n"] == 20
     assert written["meta"]["data_kind"] == "image" and "pixel units /255" in written["meta"]["threat_model"]
@@ -316,8 +328,23 @@ def test_attack_run_rejects_a_dataset_that_does_not_fit(fake_run, tmp_path):
 def test_cli_attack_end_to_end(fake_run, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["attack", "--run", str(tmp_path), "--attacks", "fgsm,pgd", "--eps", "2,8", "--n", "16",
-                              "--set", "pgd.steps=5", "--set", "masking.many_steps=30"])
+    args = parser.parse_args(
+        [
+            "attack",
+            "--run",
+            str(tmp_path),
+            "--attacks",
+            "fgsm,pgd",
+            "--eps",
+            "2,8",
+            "--n",
+            "16",
+            "--set",
+            "pgd.steps=5",
+            "--set",
+            "masking.many_steps=30",
+        ]
+    )
     assert cli_run(args) == 0
     out = capsys.readouterr().out
     assert "clean accuracy" in out and "verdict:" in out and "robustness.json" in out

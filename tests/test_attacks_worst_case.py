@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from test_attacks import SHAPE, K, RoundedInput, make_data, train
+from attack_toys import SHAPE, K, RoundedInput, make_data, train
 from tinyrobust.attacks import Target, format_table, run_attacks
 from tinyrobust.attacks import runner as runner_mod
 from tinyrobust.attacks.bpda import BPDA, BPDAModel, smooth_stand_in
@@ -56,10 +56,24 @@ def _strings(res, eps):
 def test_cascade_runs_each_attack_on_the_survivors_and_transfers_last(model, surrogate, data):
     x, y = data
     names = ["transfer@s", "fgsm", "pgd", "cw", "square"]
-    res = run_attacks(model, x, y, names, [1, 8], surrogates={"s": surrogate}, cascade=True, seed=2,
-                      white_box_in_full=False,
-                      params={"pgd": {"steps": 3}, "cw": {"steps": 5, "binary_search_steps": 1},
-                              "square": {"queries": 30}, "transfer": {"steps": 3}}, **NO_PROBES)
+    res = run_attacks(
+        model,
+        x,
+        y,
+        names,
+        [1, 8],
+        surrogates={"s": surrogate},
+        cascade=True,
+        seed=2,
+        white_box_in_full=False,
+        params={
+            "pgd": {"steps": 3},
+            "cw": {"steps": 5, "binary_search_steps": 1},
+            "square": {"queries": 30},
+            "transfer": {"steps": 3},
+        },
+        **NO_PROBES,
+    )
     json.dumps(res)
     assert res["cascade"] == ["fgsm", "pgd", "cw", "square", "transfer@s"]  # transfers last
     clean = res["clean_correct"]
@@ -91,8 +105,15 @@ def test_cascade_runs_each_attack_on_the_survivors_and_transfers_last(model, sur
 
 
 def test_leading_white_box_attacks_run_in_full_so_the_winner_is_measured(model, data):
-    res = run_attacks(model, *data, ["fgsm", "pgd", "square"], [8], cascade=True,
-                      params={"pgd": {"steps": 3}, "square": {"queries": 30}}, **NO_PROBES)
+    res = run_attacks(
+        model,
+        *data,
+        ["fgsm", "pgd", "square"],
+        [8],
+        cascade=True,
+        params={"pgd": {"steps": 3}, "square": {"queries": 30}},
+        **NO_PROBES,
+    )
     s = _strings(res, "8")
     assert "." not in s["fgsm"] and "." not in s["pgd"]
     both = sum(a == b == "1" for a, b in zip(s["fgsm"], s["pgd"]))
@@ -111,8 +132,15 @@ def test_without_cascade_every_attack_sees_every_clean_correct_image(model, data
 
 def test_several_surrogates_and_never_a_transfer_from_itself(model, surrogate, data):
     twin = train(0)  # same seed, same weights as the target: a copy of itself
-    res = run_attacks(model, *data, ["transfer"], [8], surrogates={"other": surrogate, "twin": twin},
-                      params={"transfer": {"steps": 3}}, **NO_PROBES)
+    res = run_attacks(
+        model,
+        *data,
+        ["transfer"],
+        [8],
+        surrogates={"other": surrogate, "twin": twin},
+        params={"transfer": {"steps": 3}},
+        **NO_PROBES,
+    )
     assert list(res["attacks"]) == ["transfer@other"]
     assert "own weights" in res["skipped"]["transfer@twin"]
     assert res["surrogate_sha256_weights"]["other"] != res["model_sha256_weights"]
@@ -120,8 +148,7 @@ def test_several_surrogates_and_never_a_transfer_from_itself(model, surrogate, d
         run_attacks(model, *data, ["transfer@nope"], [8], surrogates={"other": surrogate}, **NO_PROBES)
 
 
-def test_resume_reuses_finished_attacks_but_not_after_the_weights_change(model, surrogate, data, tmp_path,
-                                                                         monkeypatch):
+def test_resume_reuses_finished_attacks_but_not_after_the_weights_change(model, surrogate, data, tmp_path, monkeypatch):
     calls = []
     real = runner_mod._run_one
     monkeypatch.setattr(runner_mod, "_run_one", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
@@ -165,17 +192,27 @@ class SecretlyRandom(nn.Module):
 
 
 def _checks(model, data, names, attacks=("pgd",), **kw):
-    params = {"pgd": {"steps": 5}, "square": {"queries": 300},
-              "masking": {"checks": ",".join(names), "many_steps": 20}}
-    res = run_attacks(model, *data, list(attacks), [2, 8], params={k: v for k, v in params.items()
-                                                                   if k in attacks or k == "masking"},
-                      progress=False, **kw)
+    params = {"pgd": {"steps": 5}, "square": {"queries": 300}, "masking": {"checks": ",".join(names), "many_steps": 20}}
+    res = run_attacks(
+        model,
+        *data,
+        list(attacks),
+        [2, 8],
+        params={k: v for k, v in params.items() if k in attacks or k == "masking"},
+        progress=False,
+        **kw,
+    )
     return res, {c["check"]: c["passed"] for c in res["masking_checks"]["checks"]}
 
 
 def test_each_new_check_passes_on_a_normal_model_and_fails_on_one_built_to_trip_it(model, data):
-    names = ["deterministic_outputs", "zero_gradients", "outputs_not_probabilities", "black_box_only_breaks",
-             "more_steps_not_worse"]
+    names = [
+        "deterministic_outputs",
+        "zero_gradients",
+        "outputs_not_probabilities",
+        "black_box_only_breaks",
+        "more_steps_not_worse",
+    ]
     res, ok = _checks(model, data, names, attacks=("pgd", "square"))
     assert ok == {n: True for n in names}, res["masking_checks"]
     assert res["masking_probes"]["more_steps"]["eps"] in (0.5, 1, 2, 4, 8)
@@ -193,8 +230,7 @@ def test_each_new_check_passes_on_a_normal_model_and_fails_on_one_built_to_trip_
 
 def test_unknown_check_or_attack_name_is_one_line_listing_the_valid_ones(model, data):
     with pytest.raises(AttackError) as err:
-        run_attacks(model, *data, ["pgd"], [2], params={"masking": {"checks": "zero_gradients,bogus"}},
-                    progress=False)
+        run_attacks(model, *data, ["pgd"], [2], params={"masking": {"checks": "zero_gradients,bogus"}}, progress=False)
     assert "bogus" in str(err.value) and all(c in str(err.value) for c in CHECKS) and "\n" not in str(err.value)
     with pytest.raises(AttackError, match="apgd.*autoattack"):
         run_attacks(model, *data, ["autoatack"], [2], **NO_PROBES)
@@ -228,8 +264,9 @@ def test_bpda_forwards_through_the_real_model_and_backwards_through_a_smooth_sta
     (grad,) = torch.autograd.grad(out[:, 0].sum(), x)
     (smooth_grad,) = torch.autograd.grad(stand_in(x)[:, 0].sum(), x)
     assert torch.allclose(grad, smooth_grad) and grad.abs().sum() > 0
-    res = run_attacks(real, *data, ["bpda"], [8], params={"bpda": {"steps": 10, "surrogate": surrogate_kind}},
-                      **NO_PROBES)
+    res = run_attacks(
+        real, *data, ["bpda"], [8], params={"bpda": {"steps": 10, "surrogate": surrogate_kind}}, **NO_PROBES
+    )
     assert res["attacks"]["bpda"]["results"]["8"]["robust_accuracy"] < res["clean_accuracy"]
     with pytest.raises(AttackError, match="bpda.surrogate"):
         smooth_stand_in(real, "bogus")
@@ -261,8 +298,15 @@ def test_bpda_on_a_float_model_is_plain_apgd(model, data):
 def test_standard_autoattack_runs_all_stages_and_counts_queries(model, data):
     import sys
 
-    res = run_attacks(model, data[0][:16], data[1][:16], ["autoattack"], [8],
-                      params={"autoattack": {"steps": 5, "square_queries": 30}}, **NO_PROBES)
+    res = run_attacks(
+        model,
+        data[0][:16],
+        data[1][:16],
+        ["autoattack"],
+        [8],
+        params={"autoattack": {"steps": 5, "square_queries": 30}},
+        **NO_PROBES,
+    )
     r = res["attacks"]["autoattack"]["results"]["8"]
     assert r["robust_accuracy"] < res["clean_accuracy"] and r["queries"] > 0
     assert res["attacks"]["autoattack"]["family"] == "ensemble"
@@ -279,7 +323,40 @@ def test_nested_subsets_share_their_prefix_and_stay_stratified():
     assert not np.array_equal(nested_stratified_order(labels, 50, 0), nested_stratified_order(labels, 50, 1))
 
 
-def test_dataset_source_is_relative_to_the_data_dir(tmp_path):
+def test_dataset_source_is_written_relative_to_the_data_dir(tmp_path):
     src = f"{tmp_path}/cifar-10-batches-py (official python pickle)"
-    assert dataset_source(src, tmp_path) == "cifar-10-batches-py (official python pickle)"
+    assert dataset_source(src, tmp_path) == "$TINYROBUST_DATA/cifar-10-batches-py (official python pickle)"
     assert dataset_source(None, tmp_path) is None
+
+
+def test_a_killed_attack_keeps_the_eps_it_finished(model, data, tmp_path, monkeypatch):
+    """Each eps of an eps-bounded attack is saved as soon as it is done: a run killed inside the attack
+    (here: at its second eps) redoes only the eps it had not finished, with the same result."""
+    kw = dict(params={"pgd": {"steps": 3}}, resume_dir=tmp_path, cascade=True, seed=3, **NO_PROBES)
+    full = run_attacks(model, *data, ["fgsm", "pgd"], [2, 8], **kw)
+    for f in tmp_path.iterdir():
+        f.unlink()
+
+    real, calls = runner_mod._generate, []
+
+    def dies_at_pgd_eps8(spec, attacker, target, x, y, eps, p):
+        calls.append((spec.name, round(eps * 255)))
+        if (spec.name, round(eps * 255)) == ("pgd", 8):
+            raise KeyboardInterrupt  # the kill
+        return real(spec, attacker, target, x, y, eps, p)
+
+    monkeypatch.setattr(runner_mod, "_generate", dies_at_pgd_eps8)
+    with pytest.raises(KeyboardInterrupt):
+        run_attacks(model, *data, ["fgsm", "pgd"], [2, 8], **kw)
+    monkeypatch.setattr(runner_mod, "_generate", lambda *a: calls.append((a[0].name, round(a[5] * 255))) or real(*a))
+    calls.clear()
+    again = run_attacks(model, *data, ["fgsm", "pgd"], [2, 8], **kw)
+    assert calls == [("pgd", 8)]  # fgsm (whole attack) and pgd at 2/255 were kept
+
+    def strip(r):
+        return {
+            a: {k: {m: v for m, v in res.items() if m != "wall_time_s"} for k, res in e["results"].items()}
+            for a, e in r["attacks"].items()
+        }
+
+    assert strip(again) == strip(full)

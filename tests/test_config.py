@@ -44,14 +44,23 @@ def test_shipped_configs_load(path):
 
 
 def test_nested_sections_parse_to_typed_values():
-    cfg = config_from_dict({
-        "name": "x1",
-        "seed": 7,
-        "model": {"name": "mlc_resnet8", "quant": {"weight": "ternary", "act": "int4", "first_weight": "int8",
-                                                   "overrides": {"stem": {"act": "int8"}}}},
-        "train": {"lr": 1, "augment": None, "max_batches_per_epoch": 3},
-        "jr": {"weight": 0.01, "layers": {"stack2": 2}},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "x1",
+            "seed": 7,
+            "model": {
+                "name": "mlc_resnet8",
+                "quant": {
+                    "weight": "ternary",
+                    "act": "int4",
+                    "first_weight": "int8",
+                    "overrides": {"stem": {"act": "int8"}},
+                },
+            },
+            "train": {"lr": 1, "augment": None, "max_batches_per_epoch": 3},
+            "jr": {"weight": 0.01, "layers": {"stack2": 2}},
+        }
+    )
     assert cfg.seed == 7 and cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
     assert cfg.model.quant.overrides["stem"].act == "int8" and cfg.model.quant.overrides["stem"].weight is None
     assert cfg.jr.layers == {"stack2": 2.0} and isinstance(cfg.jr.layers["stack2"], float)
@@ -74,14 +83,22 @@ def test_nested_sections_parse_to_typed_values():
         ({"trian": {}}, "config: unknown key 'trian'; allowed keys: name, seed, data, model, train, jr"),
         ({"train": 5}, "train: expected a mapping, got 5"),
         ({"model": None}, "model: must not be null; expected mapping"),
-        ({"model": {"quant": {"weight": "int9"}}},
-         "model.quant.weight: 'int9' is not allowed; choose one of: " + ", ".join(WEIGHT_QUANTS)),
-        ({"model": {"quant": {"act": "ternary"}}},
-         "model.quant.act: 'ternary' is not allowed; choose one of: " + ", ".join(ACT_QUANTS)),
-        ({"model": {"quant": {"overrides": {"block1": {"weight": "int1"}}}}},
-         "model.quant.overrides.block1.weight: 'int1' is not allowed"),
-        ({"model": {"quant": {"overrides": {"block1": {"bits": 4}}}}},
-         "model.quant.overrides.block1: unknown key 'bits'; allowed keys: weight, act"),
+        (
+            {"model": {"quant": {"weight": "int9"}}},
+            "model.quant.weight: 'int9' is not allowed; choose one of: " + ", ".join(WEIGHT_QUANTS),
+        ),
+        (
+            {"model": {"quant": {"act": "ternary"}}},
+            "model.quant.act: 'ternary' is not allowed; choose one of: " + ", ".join(ACT_QUANTS),
+        ),
+        (
+            {"model": {"quant": {"overrides": {"block1": {"weight": "int1"}}}}},
+            "model.quant.overrides.block1.weight: 'int1' is not allowed",
+        ),
+        (
+            {"model": {"quant": {"overrides": {"block1": {"bits": 4}}}}},
+            "model.quant.overrides.block1: unknown key 'bits'; allowed keys: weight, act",
+        ),
         ({"model": {"quant": {"overrides": {3: {}}}}}, "model.quant.overrides: keys must be strings, got 3"),
         ({"model": {"quant": {"overrides": []}}}, "model.quant.overrides: expected mapping of str -> mapping"),
         ({"jr": {"layers": {"block1": -1}}}, "jr.layers.block1: -1.0 is out of range"),
@@ -111,11 +128,21 @@ def test_long_values_are_cut_in_messages():
 
 
 def test_set_overrides_are_yaml_scalars():
-    cfg = config_from_dict(apply_overrides({"train": {"epochs": 2}}, [
-        "train.epochs=5", "train.lr=1e-3", "train.augment=false", "train.max_batches_per_epoch=null",
-        "model.quant.weight=int4", "model.quant.overrides.block2.act=int2", "jr.layers={block1: 0.5}",
-        "name=a=b",
-    ]))
+    cfg = config_from_dict(
+        apply_overrides(
+            {"train": {"epochs": 2}},
+            [
+                "train.epochs=5",
+                "train.lr=1e-3",
+                "train.augment=false",
+                "train.max_batches_per_epoch=null",
+                "model.quant.weight=int4",
+                "model.quant.overrides.block2.act=int2",
+                "jr.layers={block1: 0.5}",
+                "name=a=b",
+            ],
+        )
+    )
     assert cfg.train.epochs == 5 and cfg.train.lr == 0.001 and cfg.train.augment is False
     assert cfg.train.max_batches_per_epoch is None
     assert cfg.model.quant.weight == "int4" and cfg.model.quant.overrides["block2"].act == "int2"
@@ -188,17 +215,26 @@ SCHEMA_KEYS = {
 }
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(-3, 20),
-    st.floats(allow_nan=True, allow_infinity=True), st.floats(-2, 12),
-    st.text(max_size=12), st.sampled_from(WEIGHT_QUANTS + ["int9", "int1", "Ternary", "int4 "]),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(-3, 20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(-2, 12),
+    st.text(max_size=12),
+    st.sampled_from(WEIGHT_QUANTS + ["int9", "int1", "Ternary", "int4 "]),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)), max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 @st.composite
 def config_like(draw):
     """Mostly-schema-shaped dicts: real keys with random values, plus junk keys, at every level."""
+
     def section(prefix):
         out = {}
         for key in draw(st.lists(st.sampled_from(SCHEMA_KEYS[prefix]), unique=True, max_size=4)):

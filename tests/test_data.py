@@ -19,13 +19,14 @@ from PIL import Image
 from tinyrobust.data import (
     ArrayDataset,
     BatchIterator,
+    archive,
+    cifar10,
     dataset_info,
     load_dataset,
     read_image_folder,
     stratified_subset,
     to_tensors,
 )
-from tinyrobust.data import archive, cifar10
 from tinyrobust.errors import DataError, UnknownNameError
 
 CLASSES = cifar10.CLASSES
@@ -433,8 +434,9 @@ def test_svhn_missing_and_download(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_and_split(tmp_path):
-    with pytest.raises(UnknownNameError,
-                       match="cifar10, speech_commands, speech_commands_logmel, speech_commands_wav, svhn"):
+    with pytest.raises(
+        UnknownNameError, match="cifar10, speech_commands, speech_commands_logmel, speech_commands_wav, svhn"
+    ):
         load_dataset("mnist", "train", data_dir=tmp_path)
     with pytest.raises(UnknownNameError):
         dataset_info("mnist")

@@ -36,8 +36,14 @@ def make_model(name: str, weight: str, act: str, seed: int = 0, shape=None) -> n
     torch.manual_seed(seed)
     shape = shape or SHAPES[name]
     c = shape[0]
-    model = build_model(name, num_classes=10, input_shape=shape, mean=[0.5] * c, std=[0.25] * c,
-                        quant=QuantConfig(weight=weight, act=act))
+    model = build_model(
+        name,
+        num_classes=10,
+        input_shape=shape,
+        mean=[0.5] * c,
+        std=[0.25] * c,
+        quant=QuantConfig(weight=weight, act=act),
+    )
     model.train()
     with torch.no_grad():
         for _ in range(2):
@@ -71,8 +77,10 @@ def test_every_registered_model_is_covered():
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
-@pytest.mark.parametrize("weight,act", [("int4", "int4"), ("ternary", "int2"), ("binary", "int8"),
-                                        ("stochastic_ternary", "float"), ("float", "int3")])
+@pytest.mark.parametrize(
+    "weight,act",
+    [("int4", "int4"), ("ternary", "int2"), ("binary", "int8"), ("stochastic_ternary", "float"), ("float", "int3")],
+)
 def test_models_match_brevitas(name, weight, act):
     model = make_model(name, weight, act)
     compare(model, freeze(model), torch.rand(6, *SHAPES[name]))
@@ -197,9 +205,20 @@ def test_attacks_give_identical_robust_accuracy_on_both_paths():
     model.eval()
     xs, ys = x[:20], y[:20].astype(np.int64)
     params = {"pgd": {"steps": 5}, "square": {"queries": 40}}
-    res = {t: run_attacks(attack_model(model, t), xs, ys, ["fgsm", "pgd", "square"], [2, 8], seed=3, params=params,
-                          progress=False, masking_checks=False)
-           for t in ("brevitas", "frozen")}
+    res = {
+        t: run_attacks(
+            attack_model(model, t),
+            xs,
+            ys,
+            ["fgsm", "pgd", "square"],
+            [2, 8],
+            seed=3,
+            params=params,
+            progress=False,
+            masking_checks=False,
+        )
+        for t in ("brevitas", "frozen")
+    }
     vb, vf = _robust_values(res["brevitas"]), _robust_values(res["frozen"])
     assert vb and vb == vf
 

@@ -12,8 +12,14 @@ import torch.nn.functional as F
 from tinyrobust.config import QuantConfig
 from tinyrobust.errors import ConfigError
 from tinyrobust.models import build_model
-from tinyrobust.train.jacobian import (exact_frobenius, frobenius_estimate, frozen_statistics, jacobian_penalty,
-                                      sub_batch_size, training_forward)
+from tinyrobust.train.jacobian import (
+    exact_frobenius,
+    frobenius_estimate,
+    frozen_statistics,
+    jacobian_penalty,
+    sub_batch_size,
+    training_forward,
+)
 
 CIFAR = dict(num_classes=10, input_shape=(3, 32, 32), mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
 
@@ -116,7 +122,7 @@ def _quadrant_data(n: int, seed: int):
     x = 0.5 * torch.rand(n, 3, 8, 8, generator=g)
     for i, c in enumerate(y.tolist()):
         r, k = divmod(c, 2)
-        x[i, :, 4 * r:4 * r + 4, 4 * k:4 * k + 4] += 0.5
+        x[i, :, 4 * r : 4 * r + 4, 4 * k : 4 * k + 4] += 0.5
     return x, y
 
 

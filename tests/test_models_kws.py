@@ -26,8 +26,14 @@ VARIANTS = [
 
 
 def build(name, **quant):
-    return build_model(name, num_classes=INFO.num_classes, input_shape=INFO.input_shape, mean=INFO.mean,
-                       std=INFO.std, quant=QuantConfig(**quant))
+    return build_model(
+        name,
+        num_classes=INFO.num_classes,
+        input_shape=INFO.input_shape,
+        mean=INFO.mean,
+        std=INFO.std,
+        quant=QuantConfig(**quant),
+    )
 
 
 def test_registered():
@@ -95,8 +101,10 @@ def test_qnn_kws_shape_and_budget():
     assert [r["output_shape"] for r in table] == [[32, 25, 5], [32, 25, 5], [48, 13, 3], [64, 13, 3], [12]]
     assert sum(r["weights"] + r["biases"] for r in table) == 51_756
     kb4 = sum(r["weight_bytes"] for r in build("qnn_kws", **W4).layer_table(INFO.input_shape)) / 1024
-    kb8_ref = sum(r["weight_bytes"] for r in build("mlc_dscnn", weight="int8", act="int8")
-                  .layer_table(INFO.input_shape)) / 1024
+    kb8_ref = (
+        sum(r["weight_bytes"] for r in build("mlc_dscnn", weight="int8", act="int8").layer_table(INFO.input_shape))
+        / 1024
+    )
     assert kb4 < 1.15 * kb8_ref  # 4-bit qnn_kws ~ the 8-bit DS-CNN's weight memory
     assert list(m.jr_blocks()) == ["block1", "block2", "block3", "block4"]
 
@@ -123,8 +131,18 @@ def test_jacobian_penalty_on_blocks(name, block):
 
 
 def test_config_builds_quantized_dscnn():
-    cfg = config_from_dict({"data": {"dataset": "speech_commands"},
-                            "model": {"name": "mlc_dscnn", "quant": {"weight": "int8", "act": "int8"}}})
-    m = build_model(cfg.model.name, num_classes=12, input_shape=INFO.input_shape, mean=INFO.mean,
-                    std=INFO.std, quant=cfg.model.quant)
+    cfg = config_from_dict(
+        {
+            "data": {"dataset": "speech_commands"},
+            "model": {"name": "mlc_dscnn", "quant": {"weight": "int8", "act": "int8"}},
+        }
+    )
+    m = build_model(
+        cfg.model.name,
+        num_classes=12,
+        input_shape=INFO.input_shape,
+        mean=INFO.mean,
+        std=INFO.std,
+        quant=cfg.model.quant,
+    )
     assert type(m.ds1.dw).__name__ == "QuantConv2d" and m.ds1.dw.groups == 64

@@ -41,9 +41,9 @@ def test_int_weights_use_a_narrow_signed_grid_per_channel(bits):
     assert torch.allclose(q.value, ints.float() * q.scale)
     for ch in range(8):
         levels = torch.unique(ints[ch])
-        assert len(levels) <= 2 ** bits - 1
+        assert len(levels) <= 2**bits - 1
         assert levels.abs().max() == top  # max |w| maps onto the top level
-    assert len(torch.unique(ints)) == 2 ** bits - 1 if bits <= 4 else len(torch.unique(ints)) > 2 ** (bits - 2)
+    assert len(torch.unique(ints)) == 2**bits - 1 if bits <= 4 else len(torch.unique(ints)) > 2 ** (bits - 2)
     assert weight_bits(f"int{bits}") == bits
 
 
@@ -127,7 +127,7 @@ def test_activation_quantizer_levels_and_gradient(name):
     x = (torch.randn(4000) * 2).requires_grad_(True)
     y = act(x)
     levels = torch.unique(y.detach())
-    assert (levels >= 0).all() and len(levels) <= 2 ** bits
+    assert (levels >= 0).all() and len(levels) <= 2**bits
     step = levels[1] - levels[0]
     assert torch.allclose(levels / step, (levels / step).round(), atol=1e-3)  # a uniform grid from 0
     y.sum().backward()
@@ -158,9 +158,13 @@ def test_unknown_quantizers_list_the_choices():
 
 
 def test_plan_layers_first_last_and_overrides():
-    q = QuantConfig(weight="int4", act="int4", first_weight="int8", last_weight="float",
-                    overrides={"b": LayerQuant(weight="ternary"), "c": LayerQuant(act="int2"),
-                               "a": LayerQuant(weight="binary")})
+    q = QuantConfig(
+        weight="int4",
+        act="int4",
+        first_weight="int8",
+        last_weight="float",
+        overrides={"b": LayerQuant(weight="ternary"), "c": LayerQuant(act="int2"), "a": LayerQuant(weight="binary")},
+    )
     plan = plan_layers(q, ["a", "b", "c", "d"])
     assert {k: (p.weight, p.act) for k, p in plan.items()} == {
         "a": ("binary", "int4"),  # an override beats first_weight
@@ -178,8 +182,10 @@ def test_unknown_override_layer_lists_the_layers():
     assert str(err.value) == "model.quant.overrides.e: no such layer; layers are: a, b"
     with pytest.raises(ConfigError) as err:
         build_model("qnn", **CIFAR, quant=QuantConfig(overrides={"block9": LayerQuant(weight="int4")}))
-    assert str(err.value) == ("model.quant.overrides.block9: no such layer; layers are: blocks.block1.conv, "
-                              "blocks.block2.conv, blocks.block3.conv, blocks.block4.conv, blocks.block5.conv, fc")
+    assert str(err.value) == (
+        "model.quant.overrides.block9: no such layer; layers are: blocks.block1.conv, "
+        "blocks.block2.conv, blocks.block3.conv, blocks.block4.conv, blocks.block5.conv, fc"
+    )
     with pytest.raises(ConfigError, match="layers are: stem.conv, stack1.c1.conv, stack1.c2, stack2.c1.conv"):
         build_model("mlc_resnet8", **CIFAR, quant=QuantConfig(overrides={"stack9": LayerQuant()}))
 
@@ -187,8 +193,13 @@ def test_unknown_override_layer_lists_the_layers():
 def test_plan_reaches_the_modules():
     from brevitas.nn import QuantConv2d, QuantLinear, QuantReLU
 
-    q = QuantConfig(weight="int4", act="int4", first_weight="int8", last_weight="int8",
-                    overrides={"block3": LayerQuant(weight="binary", act="int2"), "block5": LayerQuant(weight="float")})
+    q = QuantConfig(
+        weight="int4",
+        act="int4",
+        first_weight="int8",
+        last_weight="int8",
+        overrides={"block3": LayerQuant(weight="binary", act="int2"), "block5": LayerQuant(weight="float")},
+    )
     m = build_model("qnn", **CIFAR, quant=q)
     assert m.plan["blocks.block1.conv"].weight == "int8" and m.plan["fc"].weight == "int8"
     assert m.plan["blocks.block3.conv"] == m.plan["blocks.block3.conv"].__class__("binary", "int2")

@@ -78,12 +78,15 @@ def test_resume_from_a_malicious_checkpoint_fails_cleanly(fake_cifar, one_thread
     assert not marker.exists() and not (run_dir / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "corrupt or truncated checkpoint"),  # truncated real checkpoint
-    (b"", "corrupt or truncated checkpoint (EOFError)"),
-    (b"PK\x03\x04" + b"\x00" * 100, "corrupt or truncated checkpoint"),
-    ("tensor", "not a tinyrobust checkpoint (holds a Tensor, not a mapping)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "corrupt or truncated checkpoint"),  # truncated real checkpoint
+        (b"", "corrupt or truncated checkpoint (EOFError)"),
+        (b"PK\x03\x04" + b"\x00" * 100, "corrupt or truncated checkpoint"),
+        ("tensor", "not a tinyrobust checkpoint (holds a Tensor, not a mapping)"),
+    ],
+)
 def test_corrupt_checkpoint_is_a_checkpoint_error(tmp_path, content, message):
     path = tmp_path / "checkpoint.pt"
     if content is None:
@@ -155,7 +158,8 @@ def test_load_run_needs_a_finished_run(float_run, tmp_path):
         load_run(float_run)
     assert str(err.value) == (
         f"{float_run} has no weights (model.safetensors): the run did not finish; continue it with "
-        f"`tinyrobust train --config {float_run / 'config.yaml'} --run-dir {float_run} --resume`")
+        f"`tinyrobust train --config {float_run / 'config.yaml'} --run-dir {float_run} --resume`"
+    )
     with pytest.raises(TinyRobustError, match="is not a run directory: no config.yaml"):
         load_run(tmp_path)
     with pytest.raises(TinyRobustError, match="does not exist"):
@@ -168,6 +172,7 @@ def test_load_run_needs_a_finished_run(float_run, tmp_path):
 @pytest.fixture
 def no_training(monkeypatch):
     """Fail the test if training gets as far as loading data."""
+
     def boom(*a, **k):
         raise AssertionError("training started")
 
@@ -250,8 +255,10 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(train_tiny, 
     with pytest.raises(TrainingDiverged) as err:
         train_tiny(**sections)
     run_dir = tmp_path / "run"
-    assert str(err.value) == (f"loss became nan at epoch 2, step 2; the last good checkpoint (after epoch 1) is kept "
-                              f"in {run_dir}. Lower train.lr or jr weights and start again.")
+    assert str(err.value) == (
+        f"loss became nan at epoch 2, step 2; the last good checkpoint (after epoch 1) is kept "
+        f"in {run_dir}. Lower train.lr or jr weights and start again."
+    )
     state = load_checkpoint(run_dir / "checkpoint.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -283,16 +290,24 @@ def test_weights_that_turn_nan_are_never_checkpointed(train_tiny, tmp_path, monk
         return opt
 
     monkeypatch.setattr(loop, "make_optimizer", poisoned_optimizer)
-    with pytest.raises(TrainingDiverged, match=r"^fc.weight became NaN/inf in epoch 2; the last good checkpoint "
-                                               r"\(after epoch 1\) is kept"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"^fc.weight became NaN/inf in epoch 2; the last good checkpoint "
+        r"\(after epoch 1\) is kept",
+    ):
         train_tiny(train={"epochs": 3, "max_batches_per_epoch": 2})
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["epoch"] == 1 and torch.isfinite(state["model"]["fc.weight"]).all()
 
 
 def test_absurd_settings_diverge_with_one_clear_line(fake_cifar, one_thread, tmp_path, capsys, write_config):
-    cfg = write_config(tiny_config_dict(train={"lr": 10.0, "max_batches_per_epoch": 3}, jr={"weight": 1e6},
-                                        model={"name": "qnn", "quant": {"weight": "float", "act": "float"}}))
+    cfg = write_config(
+        tiny_config_dict(
+            train={"lr": 10.0, "max_batches_per_epoch": 3},
+            jr={"weight": 1e6},
+            model={"name": "qnn", "quant": {"weight": "float", "act": "float"}},
+        )
+    )
     code, out, err = run_cli(["train", "--config", cfg, "--run-dir", tmp_path / "r", "--quiet"], capsys)
     assert_one_line_error(code, err, "tinyrobust train")
     assert "loss became nan at epoch 1" in err and "no checkpoint was written yet" in err

@@ -62,8 +62,10 @@ def test_mfcc_matches_reference_definition():
     assert lm.shape == (1, 49, 40)
     assert np.all(lm[0].argmax(1) == np.argmin(np.abs(centres - sc._hz_to_mel(1000))))
     # c0 is the scaled sum of the log-mel bins
-    np.testing.assert_allclose(sc.mfcc(np.ones((1, 16000)) * 0.3)[0, :, 0],
-                               2 * sc.log_mel_spectrogram(np.ones((1, 16000)) * 0.3)[0].sum(1) / np.sqrt(80))
+    np.testing.assert_allclose(
+        sc.mfcc(np.ones((1, 16000)) * 0.3)[0, :, 0],
+        2 * sc.log_mel_spectrogram(np.ones((1, 16000)) * 0.3)[0].sum(1) / np.sqrt(80),
+    )
 
 
 def test_feature_range_holds_any_clip_in_unit_interval():
@@ -107,8 +109,20 @@ def test_info():
     lo, hi = info.feature_range
     assert (0 - info.mean[0]) / info.std[0] == lo and (1 - info.mean[0]) / info.std[0] == hi
     assert dataset_info("cifar10").feature_range is None
-    assert sc.CLASSES == ["down", "go", "left", "no", "off", "on", "right", "stop", "up", "yes",
-                          "_silence_", "_unknown_"]
+    assert sc.CLASSES == [
+        "down",
+        "go",
+        "left",
+        "no",
+        "off",
+        "on",
+        "right",
+        "stop",
+        "up",
+        "yes",
+        "_silence_",
+        "_unknown_",
+    ]
 
 
 def test_splits_labels_and_features(speech):
@@ -141,8 +155,8 @@ def test_splits_labels_and_features(speech):
     np.testing.assert_array_equal(sets["test"].x, clean_features(root, speech["test"]))
     # validation silence: 1 s windows of running_tap.wav at a 0.5 s hop
     tap = sc.read_wav(root / sc.BACKGROUND_DIR / sc.VALIDATION_NOISE)
-    want = sc.clip_features(np.stack([sc.normalize_clip(tap[s:s + 16000]) for s in (0, 8000, 16000)]))
-    np.testing.assert_array_equal(val.x[n_words["validation"]:], want)
+    want = sc.clip_features(np.stack([sc.normalize_clip(tap[s : s + 16000]) for s in (0, 8000, 16000)]))
+    np.testing.assert_array_equal(val.x[n_words["validation"] :], want)
 
 
 def test_short_clip_is_zero_padded(speech):
@@ -166,8 +180,9 @@ def test_training_clips_get_one_seeded_noisy_copy(speech, tmp_path, monkeypatch)
     differs = [not np.array_equal(a, b) for a, b in zip(noisy, clean)]
     assert any(differs)  # noise was mixed in ...
     noises = [sc.read_wav(f) for f in sorted((root / sc.BACKGROUND_DIR).glob("*.wav"))]
-    want = sc.clip_features(np.stack([sc.mix_background(sc.normalize_clip(sc.read_wav(root / r)), r, noises)
-                                      for r in speech["train"]]))
+    want = sc.clip_features(
+        np.stack([sc.mix_background(sc.normalize_clip(sc.read_wav(root / r)), r, noises) for r in speech["train"]])
+    )
     np.testing.assert_array_equal(noisy, want)  # ... exactly as documented, from all background files
     monkeypatch.setenv("TINYROBUST_CACHE", str(tmp_path / "other-cache"))
     again = load_dataset("speech_commands", "train", data_dir=root.parent, download=False)
@@ -237,13 +252,16 @@ def _bad_rate(p):
     write_wav(p, tone(440, n=8000), rate=8000)
 
 
-@pytest.mark.parametrize("make_bad, message", [
-    (_bad_not_riff, "not a valid PCM wav"),
-    (_bad_truncated, "truncated"),
-    (_bad_stereo, "2 channels"),
-    (_bad_8bit, "8-bit"),
-    (_bad_rate, "8000 Hz, not 16000 Hz"),
-])
+@pytest.mark.parametrize(
+    "make_bad, message",
+    [
+        (_bad_not_riff, "not a valid PCM wav"),
+        (_bad_truncated, "truncated"),
+        (_bad_stereo, "2 channels"),
+        (_bad_8bit, "8-bit"),
+        (_bad_rate, "8000 Hz, not 16000 Hz"),
+    ],
+)
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_bad_wav_is_a_data_error_naming_it(speech, make_bad, message, split):
     root = speech["root"]
@@ -307,13 +325,20 @@ def test_train_smoke(speech, tmp_path, monkeypatch, model):
     from tinyrobust.train import train_run
 
     monkeypatch.setenv("TINYROBUST_DATA", str(speech["root"].parent))
-    quant = {} if model == "mlc_dscnn" else {"quant": {"weight": "int4", "act": "int4", "first_weight": "int8",
-                                                       "last_weight": "int8"}}
-    cfg = config_from_dict({
-        "name": f"kws-{model}", "data": {"dataset": "speech_commands"}, "model": {"name": model, **quant},
-        "train": {"epochs": 1, "max_batches_per_epoch": 2, "batch_size": 8, "threads": 1},
-        **({"jr": {"weight": 1e-4, "layers": {"block2": 0.01}}} if model == "qnn_kws" else {}),
-    })
+    quant = (
+        {}
+        if model == "mlc_dscnn"
+        else {"quant": {"weight": "int4", "act": "int4", "first_weight": "int8", "last_weight": "int8"}}
+    )
+    cfg = config_from_dict(
+        {
+            "name": f"kws-{model}",
+            "data": {"dataset": "speech_commands"},
+            "model": {"name": model, **quant},
+            "train": {"epochs": 1, "max_batches_per_epoch": 2, "batch_size": 8, "threads": 1},
+            **({"jr": {"weight": 1e-4, "layers": {"block2": 0.01}}} if model == "qnn_kws" else {}),
+        }
+    )
     summary = train_run(cfg, tmp_path / "run", progress=False)
     assert summary["dataset"] == "speech_commands" and summary["test_examples"] == len(speech["test"])
     assert 0 <= summary["test_accuracy"] <= 1 and "speech_commands_v0.02" in summary["data_source"]

@@ -15,34 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from tinyrobust.config import config_from_dict, load_config
 from tinyrobust.runs import load_run
 from tinyrobust.train import loop
 from tinyrobust.train.checkpoint import load_checkpoint
 
-from conftest import run_cli, tiny_config_dict
+from conftest import DETERMINISTIC, _Crash, assert_same_weights, deterministic, metrics, run_cli, tiny_config_dict  # noqa: F401
 
 RUN_FILES = {"config.yaml", "env.json", "metrics.jsonl", "checkpoint.pt", "model.safetensors", "summary.json"}
-# metric fields that are a pure function of (config, seed); the rest are timings
-DETERMINISTIC = ("epoch", "train_loss", "train_ce", "train_jr_penalty", "jr_estimates", "train_accuracy",
-                 "test_accuracy", "lr_end")
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def deterministic(rows: list[dict]) -> list[dict]:
-    return [{k: r[k] for k in DETERMINISTIC} for r in rows]
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 # ---------------------------------------------------------------- the run folder
@@ -57,7 +38,8 @@ def test_train_eval_and_refuse_to_overwrite(fake_cifar, one_thread, tmp_path, ca
     assert load_config(run_dir / "config.yaml") == load_config(cfg_path)
     env = json.loads((run_dir / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["seed"] == 0 and env["threads"] == 1
-    assert str(fake_cifar / "cifar-10-batches-py") in env["data_source"] and "brevitas" in env
+    # the data file, written portably (no machine path: tests/test_portable_paths.py)
+    assert env["data_source"].startswith("$TINYROBUST_DATA/cifar-10-batches-py") and "brevitas" in env
 
     rows = metrics(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2]  # one JSON line per epoch
@@ -94,8 +76,10 @@ def test_train_eval_and_refuse_to_overwrite(fake_cifar, one_thread, tmp_path, ca
     before = {p: (run_dir / p).stat().st_mtime_ns for p in RUN_FILES}
     code, out, err = run_cli(["train", "--config", cfg_path, "--run-dir", run_dir, "--quiet"], capsys)
     assert code == 2 and out == ""
-    assert err == (f"tinyrobust train: error: {run_dir} already holds a run; pass --resume to continue it, "
-                   "or choose another --run-dir\n")
+    assert err == (
+        f"tinyrobust train: error: {run_dir} already holds a run; pass --resume to continue it, "
+        "or choose another --run-dir\n"
+    )
     # --resume on a finished run trains nothing and reports the same result
     code, out, err = run_cli(["train", "--run-dir", run_dir, "--resume", "--quiet"], capsys)
     assert code == 0 and f"{100 * summary['test_accuracy']:.2f}%" in out
@@ -138,10 +122,6 @@ def test_jr_run_logs_its_penalty_and_lowers_the_penalized_norm(train_tiny, tmp_p
 # ---------------------------------------------------------------- resume is exact
 
 
-class _Crash(Exception):
-    pass
-
-
 EXACT_CASES = {
     # runtime-statistics activation scales (Brevitas keeps their step counter outside the state dict)
     # and whole-network JR (random projections)
@@ -151,10 +131,13 @@ EXACT_CASES = {
     # learned ternary scales (re-created by Brevitas on load), stochastic rounding, augmentation,
     # Adam, warm-up and a per-block JR term
     "stochastic_ternary_adam": dict(
-        model={"name": "qnn", "quant": {"weight": "stochastic_ternary", "act": "int4", "first_weight": "int8",
-                                        "last_weight": "int8"}},
+        model={
+            "name": "qnn",
+            "quant": {"weight": "stochastic_ternary", "act": "int4", "first_weight": "int8", "last_weight": "int8"},
+        },
         train={"optimizer": "adam", "lr": 0.003, "augment": True, "warmup_epochs": 0.5},
-        jr={"layers": {"block2": 0.05}}),
+        jr={"layers": {"block2": 0.05}},
+    ),
 }
 
 
@@ -204,8 +187,10 @@ def test_resume_with_another_thread_count_says_so(train_tiny, tmp_path, monkeypa
     real_save(ckpt, {**state, "threads": 3})  # as if written on a machine with 3 threads
     capsys.readouterr()
     train_tiny(tmp_path / "run", resume=True, **sections)
-    assert ("note: the checkpoint was written with 3 torch threads, this run uses 1: float sums change order"
-            in capsys.readouterr().err)
+    assert (
+        "note: the checkpoint was written with 3 torch threads, this run uses 1: float sums change order"
+        in capsys.readouterr().err
+    )
 
 
 # ---------------------------------------------------------------- kill -9 at random points
@@ -300,8 +285,10 @@ class Trainer:
 def test_sigkill_and_resume_reproduces_the_uninterrupted_run(fake_cifar, one_thread, tmp_path, write_config):
     raw = tiny_config_dict(
         name="killed",
-        model={"name": "qnn", "quant": {"weight": "stochastic_ternary", "act": "int4", "first_weight": "int8",
-                                        "last_weight": "int8"}},
+        model={
+            "name": "qnn",
+            "quant": {"weight": "stochastic_ternary", "act": "int4", "first_weight": "int8", "last_weight": "int8"},
+        },
         train={"epochs": 4, "max_batches_per_epoch": 3, "augment": True},
         jr={"weight": 0.02},
     )
@@ -321,8 +308,10 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(fake_cifar, one_thr
 
     assert_same_weights(ref_dir, run_dir)
     assert deterministic(metrics(run_dir)) == deterministic(metrics(ref_dir))
-    assert json.loads((run_dir / "summary.json").read_text())["test_accuracy"] == \
-        json.loads((ref_dir / "summary.json").read_text())["test_accuracy"]
+    assert (
+        json.loads((run_dir / "summary.json").read_text())["test_accuracy"]
+        == json.loads((ref_dir / "summary.json").read_text())["test_accuracy"]
+    )
     assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # no temp files left
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["name"] == "killed"
 
@@ -350,7 +339,7 @@ def _kill_and_resume(t: Trainer, run_dir: Path, rng: random.Random, epoch_s: flo
     t.kill(p)
     temps = [q for q in run_dir.iterdir() if q.name.startswith(".checkpoint.pt.") and q.name.endswith(".tmp")]
     assert len(temps) == 1
-    with pytest.raises(Exception):  # it really is half a checkpoint
+    with pytest.raises(Exception):  # noqa: B017 - any load error: it really is half a checkpoint
         torch.load(temps[0], weights_only=True)
     epochs_done.append(t.check_consistent())  # ... and checkpoint.pt is the previous, whole one
     assert epochs_done[-1] == epochs_done[-2]

@@ -98,8 +98,9 @@ def test_negative_val_size_is_a_config_error():
 
 
 def test_run_records_the_split_and_reports_validation_accuracy(train_tiny, tmp_path):
-    run_dir, summary = train_tiny(data={"dataset": "cifar10", "val_size": 30, "val_seed": 4},
-                                  train={"epochs": 1, "max_batches_per_epoch": 2})
+    run_dir, summary = train_tiny(
+        data={"dataset": "cifar10", "val_size": 30, "val_seed": 4}, train={"epochs": 1, "max_batches_per_epoch": 2}
+    )
     saved = (run_dir / "config.yaml").read_text()
     assert "val_size: 30" in saved and "val_seed: 4" in saved
     full = load_dataset("cifar10", "train")

@@ -30,12 +30,13 @@ def _one_line(text: str) -> str:
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .resources import resolve_config
+    from .rundir import CONFIG_FILE
     from .train import train_run
 
     run_dir = Path(args.run_dir) if args.run_dir else None
-    if args.config is None and not (args.resume and run_dir and (run_dir / "config.yaml").is_file()):
-        raise TinyRobustError("--config is required (or --resume with a --run-dir that holds config.yaml)")
-    cfg_path = resolve_config(args.config) if args.config else run_dir / "config.yaml"
+    if args.config is None and not (args.resume and run_dir and (run_dir / CONFIG_FILE).is_file()):
+        raise TinyRobustError(f"--config is required (or --resume with a --run-dir that holds {CONFIG_FILE})")
+    cfg_path = resolve_config(args.config) if args.config else run_dir / CONFIG_FILE
     cfg = load_config(cfg_path, args.set)
     run_dir = run_dir or Path("runs") / cfg.name
     summary = train_run(cfg, run_dir, resume=args.resume, data_dir=args.data_dir, progress=not args.quiet)

@@ -14,14 +14,16 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
 from .errors import ConfigError
+from .quant.table import act_names, weight_names
 
-WEIGHT_QUANTS = ["float"] + [f"int{b}" for b in range(2, 9)] + ["ternary", "stochastic_ternary", "binary"]
-ACT_QUANTS = ["float"] + [f"int{b}" for b in range(2, 9)]
+# the allowed quantizer names come from the one quantizer table (quant/table.py)
+WEIGHT_QUANTS = weight_names()
+ACT_QUANTS = act_names()
 
 
 def _meta(*, choices=None, lo=None, hi=None, pattern=None, doc="", lo_open=False):
@@ -30,8 +32,10 @@ def _meta(*, choices=None, lo=None, hi=None, pattern=None, doc="", lo_open=False
 
 
 # a run's name becomes a folder name (runs/<name>): one plain path component, nothing that climbs out
-NAME_PATTERN = (r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}",
-                "use 1-100 letters, digits and _ . + = - (not starting with . or -), e.g. qnn_int4_jr")
+NAME_PATTERN = (
+    r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}",
+    "use 1-100 letters, digits and _ . + = - (not starting with . or -), e.g. qnn_int4_jr",
+)
 
 
 @dataclass
@@ -59,12 +63,23 @@ class DataConfig:
     data_dir: Optional[str] = None
     train_subset: Optional[int] = field(default=None, metadata=_meta(lo=10, doc="stratified training subset size"))
     test_subset: Optional[int] = field(default=None, metadata=_meta(lo=10, doc="stratified test subset size"))
-    val_size: int = field(default=0, metadata=_meta(
-        lo=0, doc="validation images held out of the TRAINING split (stratified, seeded by val_seed); "
-                  "0: none, the run trains on the whole training split"))
-    val_seed: int = field(default=0, metadata=_meta(
-        lo=0, hi=2**31 - 1, doc="seed of the validation split, apart from the run's seed so that runs with "
-                                "different seeds share one validation set"))
+    val_size: int = field(
+        default=0,
+        metadata=_meta(
+            lo=0,
+            doc="validation images held out of the TRAINING split (stratified, seeded by val_seed); "
+            "0: none, the run trains on the whole training split",
+        ),
+    )
+    val_seed: int = field(
+        default=0,
+        metadata=_meta(
+            lo=0,
+            hi=2**31 - 1,
+            doc="seed of the validation split, apart from the run's seed so that runs with "
+            "different seeds share one validation set",
+        ),
+    )
 
 
 @dataclass
@@ -81,26 +96,51 @@ class AdversarialConfig:
     """Adversarial training (train/adversarial.py): the step trains on L-inf perturbed inputs found
     through the same quantized forward pass; eps and step sizes in pixel units /255."""
 
-    method: str = field(default="none", metadata=_meta(
-        choices=ADV_METHODS, doc="fgsm_rs: Wong et al. 2020; pgd: Madry et al. 2018; trades: Zhang et al. 2019"))
+    method: str = field(
+        default="none",
+        metadata=_meta(
+            choices=ADV_METHODS, doc="fgsm_rs: Wong et al. 2020; pgd: Madry et al. 2018; trades: Zhang et al. 2019"
+        ),
+    )
     eps: float = field(default=8.0, metadata=_meta(lo=0.0, lo_open=True, hi=255.0, doc="L-inf radius, /255"))
     steps: int = field(default=10, metadata=_meta(lo=1, hi=1000, doc="attack steps of pgd and trades"))
-    step_size: Optional[float] = field(default=None, metadata=_meta(
-        lo=0.0, lo_open=True, hi=255.0,
-        doc="/255; null: 1.25 eps for fgsm_rs (Wong et al.), 2.5 eps / steps for pgd and trades"))
+    step_size: Optional[float] = field(
+        default=None,
+        metadata=_meta(
+            lo=0.0,
+            lo_open=True,
+            hi=255.0,
+            doc="/255; null: 1.25 eps for fgsm_rs (Wong et al.), 2.5 eps / steps for pgd and trades",
+        ),
+    )
     beta: float = field(default=6.0, metadata=_meta(lo=0.0, hi=1e6, doc="TRADES weight of the KL term"))
-    check_n: int = field(default=500, metadata=_meta(
-        lo=0, hi=100000,
-        doc="images of the per-epoch PGD check (validation split, else a fixed training subset); 0: off"))
+    check_n: int = field(
+        default=500,
+        metadata=_meta(
+            lo=0,
+            hi=100000,
+            doc="images of the per-epoch PGD check (validation split, else a fixed training subset); 0: off",
+        ),
+    )
     check_steps: int = field(default=10, metadata=_meta(lo=1, hi=1000, doc="PGD steps of the per-epoch check"))
-    early_stop_drop: Optional[float] = field(default=0.2, metadata=_meta(
-        lo=0.0, lo_open=True, hi=1.0,
-        doc="stop when the check's robust accuracy falls this far below its best (catastrophic overfitting); "
-            "null: never stop"))
-    keep: str = field(default="best_robust", metadata=_meta(
-        choices=["best_robust", "last"],
-        doc="weights that model.safetensors holds at the end: the epoch with the best check (Rice et al. 2020's "
-            "early stopping) or the last epoch; both are kept as files"))
+    early_stop_drop: Optional[float] = field(
+        default=0.2,
+        metadata=_meta(
+            lo=0.0,
+            lo_open=True,
+            hi=1.0,
+            doc="stop when the check's robust accuracy falls this far below its best (catastrophic overfitting); "
+            "null: never stop",
+        ),
+    )
+    keep: str = field(
+        default="best_robust",
+        metadata=_meta(
+            choices=["best_robust", "last"],
+            doc="weights that model.safetensors holds at the end: the epoch with the best check (Rice et al. 2020's "
+            "early stopping) or the last epoch; both are kept as files",
+        ),
+    )
 
 
 @dataclass
@@ -118,9 +158,15 @@ class TrainConfig:
     augment: Optional[bool] = field(default=None, metadata=_meta(doc="null: the dataset's default"))
     threads: int = field(default=2, metadata=_meta(lo=1, hi=512))
     max_batches_per_epoch: Optional[int] = field(default=None, metadata=_meta(lo=1, doc="cap for smoke tests"))
-    bn_reestimate_batches: int = field(default=0, metadata=_meta(
-        lo=0, hi=100000, doc="after training, recompute BatchNorm statistics over this many training batches "
-                             "with the final weights (train/bn_reestimate.py); 0: off"))
+    bn_reestimate_batches: int = field(
+        default=0,
+        metadata=_meta(
+            lo=0,
+            hi=100000,
+            doc="after training, recompute BatchNorm statistics over this many training batches "
+            "with the final weights (train/bn_reestimate.py); 0: off",
+        ),
+    )
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
 
@@ -131,9 +177,15 @@ class JRConfig:
     weight: float = field(default=0.0, metadata=_meta(lo=0.0, hi=1e6, doc="lambda for the input->logits Jacobian"))
     n_proj: int = field(default=1, metadata=_meta(lo=1, hi=1000, doc="random projections per step"))
     layers: Dict[str, float] = field(default_factory=dict, metadata=_meta(lo=0.0, hi=1e6, doc="block name -> lambda"))
-    batch_fraction: float = field(default=1.0, metadata=_meta(
-        lo=0.01, hi=1.0, doc="share of each batch the penalty is estimated on (1.0: all of it, as Hoffman et al.; "
-                            "0.25: a quarter, in its own forward pass, about half the extra cost)"))
+    batch_fraction: float = field(
+        default=1.0,
+        metadata=_meta(
+            lo=0.01,
+            hi=1.0,
+            doc="share of each batch the penalty is estimated on (1.0: all of it, as Hoffman et al.; "
+            "0.25: a quarter, in its own forward pass, about half the extra cost)",
+        ),
+    )
 
 
 @dataclass
@@ -163,7 +215,6 @@ _YamlLoader.add_implicit_resolver(
 
 def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-
 
 
 def _type_name(tp: Any) -> str:
@@ -255,9 +306,7 @@ def _parse_dataclass(path: str, value: Any, cls: type) -> Any:
     unknown = [k for k in value if k not in fields]
     if unknown:
         where = path or "config"
-        raise ConfigError(
-            f"{where}: unknown key {_short(unknown[0])}; allowed keys: {', '.join(fields)}"
-        )
+        raise ConfigError(f"{where}: unknown key {_short(unknown[0])}; allowed keys: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
         if name in value:
@@ -273,19 +322,73 @@ def config_to_dict(cfg: Any) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def parse_set_item(
+    item: str,
+    *,
+    form: str = "key.path=value",
+    example: str = "train.epochs=5",
+    depth: Optional[int] = None,
+    error: type = ConfigError,
+) -> Tuple[List[str], Any]:
+    """One ``--set`` item, ``"a.b.c=value"`` -> ``(["a", "b", "c"], value)``: the one ``--set`` dialect.
+
+    The value is parsed as YAML (``5`` int, ``1e-3`` float, ``true`` bool, ``[1, 2]`` list, ``null``,
+    an empty value is null, anything else a string), with the safe loader. ``depth``: the exact number
+    of key parts required (attacks: 2, ``ATTACK.KEY``). Errors are one line, raised as ``error``."""
+    key, sep, raw = item.partition("=")
+    parts = [p.strip() for p in key.strip().split(".")]
+    if not sep or not all(parts) or (depth is not None and len(parts) != depth):
+        raise error(f"--set {_short(item)}: expected {form}, e.g. {example}")
+    try:
+        value = _yaml_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        msg = f"--set {_key(key.strip())}: cannot parse value {_short(raw)}: {' '.join(str(exc).split())}"
+        raise error(msg) from None
+    return parts, value
+
+
+def parse_set_items(items: Sequence[str], **kwargs: Any) -> Dict[str, Any]:
+    """``["pgd.steps=50", "masking.large_eps=128"]`` -> ``{"pgd": {"steps": 50}, "masking": {"large_eps": 128}}``.
+
+    Items are parsed by :func:`parse_set_item` (same keyword arguments: ``form``, ``example``, ``depth``,
+    ``error``); a later item for the same key wins. Training applies its items one by one to the config
+    (:func:`apply_overrides`); attacks take this nested dict as their parameters."""
+    error = kwargs.get("error", ConfigError)
+    out: Dict[str, Any] = {}
+    for item in items:
+        parts, value = parse_set_item(item, **kwargs)
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise error(f"--set {_key('.'.join(parts))}: {_short(p)} was set to a value, not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def check_like(path: str, value: Any, default: Any, error: type = ConfigError) -> Any:
+    """``value`` checked against the type of ``default`` with the config schema's own checks and
+    messages (bool: true/false; int: an integer; float: any number, returned as float; str: a
+    string); a ``None`` default takes any value. For parameters without a dataclass schema (attacks)."""
+    if default is None:
+        return value
+    tp = next((t for t in (bool, int, float, str) if isinstance(default, t)), None)
+    if tp is None:
+        return value
+    try:
+        return _check_scalar(path, value, tp, {})
+    except ConfigError as exc:
+        raise error(str(exc)) from None
+
+
 def apply_overrides(d: Dict[str, Any], overrides: list[str]) -> Dict[str, Any]:
-    """Apply ``key.path=value`` strings (value parsed as YAML) to a raw config dict."""
+    """Apply ``key.path=value`` strings (value parsed as YAML, :func:`parse_set_item`) to a raw config dict."""
     d = copy.deepcopy(d)
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {_short(item)}: expected key.path=value, e.g. train.epochs=5")
-        key, raw = item.split("=", 1)
-        try:
-            value = _yaml_load(raw) if raw != "" else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {_key(key)}: cannot parse value {_short(raw)}: {' '.join(str(exc).split())}") from None
+        parts, value = parse_set_item(item)
+        key = ".".join(parts)
         node = d
-        parts = key.strip().split(".")
         for p in parts[:-1]:
             nxt = node.get(p)
             if nxt is None:

@@ -7,14 +7,16 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .inference import batched_accuracy
 from .io_utils import atomic_write_json
+from .paths import portable_record
 from .runs import load_run
 
 
 def eval_run(run_dir: str | Path, data_dir: Optional[str] = None, threads: int = 2) -> Dict[str, Any]:
     from .data import load_dataset
     from .data.loader import to_tensors
-    from .train.loop import evaluate_accuracy, model_summary
+    from .train.loop import model_summary
 
     torch.set_num_threads(threads)
     run = load_run(run_dir)
@@ -26,9 +28,10 @@ def eval_run(run_dir: str | Path, data_dir: Optional[str] = None, threads: int =
         "dataset": run.cfg.data.dataset,
         "data_source": test.source,
         "test_examples": len(y),
-        "clean_accuracy": evaluate_accuracy(run.model, x, y),
+        "clean_accuracy": batched_accuracy(run.model, x, y),
         **model_summary(run.model, run.dataset_info),
     }
+    result = portable_record(result, data_dir or run.cfg.data.data_dir)  # eval.json may be committed
     atomic_write_json(Path(run_dir) / "eval.json", result)
     return result
 
@@ -44,6 +47,8 @@ def format_eval(r: Dict[str, Any]) -> str:
         f"{'layer':<22}{'kind':<14}{'params':>9}{'w-quant':>20}{'bits':>6}{'KB':>9}",
     ]
     for row in r["layers"]:
-        lines.append(f"{row['layer']:<22}{row['kind']:<14}{row['weights'] + row['biases']:>9,}"
-                     f"{row['weight_quant']:>20}{row['weight_bits']:>6}{row['weight_bytes'] / 1024:>9.2f}")
+        lines.append(
+            f"{row['layer']:<22}{row['kind']:<14}{row['weights'] + row['biases']:>9,}"
+            f"{row['weight_quant']:>20}{row['weight_bits']:>6}{row['weight_bytes'] / 1024:>9.2f}"
+        )
     return "\n".join(lines)

@@ -104,12 +104,17 @@ def check_writable(directory: str | os.PathLike, need_bytes: int = 50 * 2**20) -
         )
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (weights, exported models, dataset archives)."""
+def hash_file(path: str | os.PathLike, algo: str = "sha256") -> str:
+    """Hex digest (``hashlib`` algorithm ``algo``) of a file, read in 1 MiB blocks."""
     import hashlib
 
-    h = hashlib.sha256()
+    h = hashlib.new(algo)
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file (weights, exported models, dataset archives)."""
+    return hash_file(path, "sha256")

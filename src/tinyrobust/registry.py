@@ -17,7 +17,7 @@ class Registry(Generic[T]):
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
         def deco(obj: T) -> T:
-            key = name or getattr(obj, "__name__")
+            key = name or obj.__name__
             if key in self._items:
                 raise ValueError(f"{self.kind} {key!r} registered twice")
             self._items[key] = obj
@@ -29,9 +29,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
-            ) from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

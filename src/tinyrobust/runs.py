@@ -37,11 +37,18 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     if not (run_dir / WEIGHTS_FILE).is_file():
         raise TinyRobustError(
             f"{run_dir} has no weights ({WEIGHTS_FILE}): the run did not finish; continue it with "
-            f"`tinyrobust train --config {run_dir / CONFIG_FILE} --run-dir {run_dir} --resume`")
+            f"`tinyrobust train --config {run_dir / CONFIG_FILE} --run-dir {run_dir} --resume`"
+        )
     cfg = load_config(run_dir / CONFIG_FILE)
     info = dataset_info(cfg.data.dataset)
-    model = build_model(cfg.model.name, num_classes=info.num_classes, input_shape=info.input_shape,
-                        mean=info.mean, std=info.std, quant=cfg.model.quant)
+    model = build_model(
+        cfg.model.name,
+        num_classes=info.num_classes,
+        input_shape=info.input_shape,
+        mean=info.mean,
+        std=info.std,
+        quant=cfg.model.quant,
+    )
     load_weights(run_dir / WEIGHTS_FILE, model)
     model.eval()
     return LoadedRun(run_dir, cfg, config_to_dict(cfg), model, info, read_summary(run_dir))

@@ -8,6 +8,15 @@ from .runner import run_attacks, validate_eps
 from .target import Target
 
 __all__ = [
-    "ATTACKS", "AttackSpec", "Target", "attack_run", "check_masking", "expand_attack_names", "format_table",
-    "get_attack", "list_attacks", "run_attacks", "validate_eps",
+    "ATTACKS",
+    "AttackSpec",
+    "Target",
+    "attack_run",
+    "check_masking",
+    "expand_attack_names",
+    "format_table",
+    "get_attack",
+    "list_attacks",
+    "run_attacks",
+    "validate_eps",
 ]

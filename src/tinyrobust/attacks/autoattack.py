@@ -31,20 +31,31 @@ class _CountingModule(torch.nn.Module):
         return self.model(x)
 
 
-def standard_attacks(model: torch.nn.Module, eps: float, num_classes: int, *, steps: int = 100,
-                     n_target_classes: int = 9, square_queries: int = 5000, eot_samples: int = 1,
-                     seed: int = 0) -> list:
+def standard_attacks(
+    model: torch.nn.Module,
+    eps: float,
+    num_classes: int,
+    *,
+    steps: int = 100,
+    n_target_classes: int = 9,
+    square_queries: int = 5000,
+    eot_samples: int = 1,
+    seed: int = 0,
+) -> list:
     """The four torchattacks attacks of standard AutoAttack with the reference budgets, in order."""
     import torchattacks
 
     targets = max(1, min(int(n_target_classes), num_classes - 1))
-    apgd_ce = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce",
-                                eot_iter=eot_samples)
-    apgd_t = torchattacks.APGDT(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed,
-                                eot_iter=eot_samples, n_classes=num_classes)
+    apgd_ce = torchattacks.APGD(
+        model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, loss="ce", eot_iter=eot_samples
+    )
+    apgd_t = torchattacks.APGDT(
+        model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, eot_iter=eot_samples, n_classes=num_classes
+    )
     apgd_t.n_target_classes = targets
-    fab_t = torchattacks.FAB(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed,
-                             multi_targeted=True, n_classes=num_classes)
+    fab_t = torchattacks.FAB(
+        model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, multi_targeted=True, n_classes=num_classes
+    )
     fab_t.n_target_classes = targets
     square = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=square_queries, n_restarts=1, seed=seed)
     attacks = [("apgd-ce", apgd_ce), ("apgd-t", apgd_t), ("fab-t", fab_t), ("square", square)]
@@ -56,8 +67,9 @@ def standard_attacks(model: torch.nn.Module, eps: float, num_classes: int, *, st
 class StandardAutoAttack:
     """APGD-CE -> APGD-T -> FAB-T -> Square-5000, each on the survivors (torchattacks 3.5.1)."""
 
-    def __init__(self, target: Target, eps: float, steps: int = 100, n_target_classes: int = 9,
-                 square_queries: int = 5000):
+    def __init__(
+        self, target: Target, eps: float, steps: int = 100, n_target_classes: int = 9, square_queries: int = 5000
+    ):
         self.target, self.eps = target, eps
         self.kw = dict(steps=steps, n_target_classes=n_target_classes, square_queries=square_queries)
         self.broken_by: dict[str, int] = {}  # stage -> images it broke (last generate call)
@@ -65,7 +77,7 @@ class StandardAutoAttack:
     def generate(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         t = self.target
         module = _CountingModule(t).eval()
-        seed = int(torch.initial_seed() % (2 ** 31))  # the runner seeds each (attack, eps) job
+        seed = int(torch.initial_seed() % (2**31))  # the runner seeds each (attack, eps) job
         stages = standard_attacks(module, self.eps, t.num_classes, eot_samples=t.eot_samples, seed=seed, **self.kw)
         x_adv = x.astype(np.float32, copy=True)
         robust = np.ones(len(x), dtype=bool)
@@ -75,7 +87,7 @@ class StandardAutoAttack:
             if len(idx) == 0:
                 break
             for i in range(0, len(idx), t.batch_size):
-                b = idx[i:i + t.batch_size]
+                b = idx[i : i + t.batch_size]
                 xb = torch.as_tensor(x[b], dtype=torch.float32, device=t.device)
                 yb = torch.as_tensor(y[b], dtype=torch.long, device=t.device)
                 adv = attack(xb, yb).detach()

@@ -38,8 +38,11 @@ SURROGATES = ("soft", "float")
 def act_quantizer_info(module: nn.Module) -> dict | None:
     """``{"bits", "scale", "signed"}`` of an activation quantizer module, else None."""
     if hasattr(module, "act_bit_width") and hasattr(module, "act_scale"):
-        return {"bits": int(module.act_bit_width), "scale": torch.as_tensor(module.act_scale).detach(),
-                "signed": bool(getattr(module, "act_signed", False))}
+        return {
+            "bits": int(module.act_bit_width),
+            "scale": torch.as_tensor(module.act_scale).detach(),
+            "signed": bool(getattr(module, "act_signed", False)),
+        }
     try:
         from ..models.freeze import FrozenQuantReLU
     except ImportError:  # pragma: no cover - the frozen path is optional
@@ -77,7 +80,7 @@ class SmoothQuantAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s, bits, signed = self._params(x)
         lo = -(2 ** (bits - 1)) if signed else 0
-        hi = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
+        hi = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
         if isinstance(self.real, _relu_types()) and signed:  # a QuantReLU applies ReLU before quantizing
             x = torch.relu(x)
         u = x / s
@@ -141,12 +144,20 @@ class BPDAModel(nn.Module):
 class BPDA:
     """APGD-CE then APGD-DLR on the survivors, with BPDA gradients (see the module docstring)."""
 
-    def __init__(self, target: Target, eps: float, steps: int = 100, restarts: int = 1, surrogate: str = "soft",
-                 temperature: float = 4.0):
+    def __init__(
+        self,
+        target: Target,
+        eps: float,
+        steps: int = 100,
+        restarts: int = 1,
+        surrogate: str = "soft",
+        temperature: float = 4.0,
+    ):
         stand_in, self.replaced = smooth_stand_in(target.model, surrogate, temperature)
         model = BPDAModel(target.model, stand_in) if self.replaced else target.model
-        self.bpda_target = Target(model, target.input_shape, target.num_classes, eot_samples=target.eot_samples,
-                                  batch_size=target.batch_size)
+        self.bpda_target = Target(
+            model, target.input_shape, target.num_classes, eot_samples=target.eot_samples, batch_size=target.batch_size
+        )
         self.apgd = AutoAttackAPGD(self.bpda_target, eps, steps=steps, restarts=restarts)
 
     def generate(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -18,7 +18,9 @@ import torch
 
 from .. import __version__
 from ..errors import AttackError
-from ..io_utils import atomic_write_json, check_writable
+from ..io_utils import atomic_write_json, check_writable, sha256_file
+from ..paths import portable_text
+from ..rundir import ROBUSTNESS_FILE, WEIGHTS_FILE
 from .masking import CHECKS, PROBE_DEFAULTS
 from .registry import ATTACKS, ORDER, TRANSFER_PREFIX, expand_attack_names, get_attack, split_transfer
 from .runner import run_attacks, validate_eps
@@ -30,14 +32,7 @@ SCHEMA = 2
 
 def file_sha256(path) -> str | None:
     """sha256 of a file (the run's model.safetensors), None if it does not exist."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path) if Path(path).is_file() else None
 
 
 def _relative(path, base=None) -> str:
@@ -52,19 +47,17 @@ def _relative(path, base=None) -> str:
 
 
 def dataset_source(source, data_root) -> str | None:
-    """The loaded dataset's source description with the data directory cut off (no absolute paths)."""
+    """The loaded dataset's source description written portably (``$TINYROBUST_DATA/...``; no
+    absolute machine paths in results)."""
     if not source:
         return None
-    text = str(source)
-    root = str(Path(os.path.abspath(data_root)))
-    for prefix in (root + os.sep, root):
-        text = text.replace(prefix, "")
-    return text
+    return portable_text(str(source), data_root)
+
 
 THREAT_MODELS = {
     "image": "L-inf in [0, 1] pixel space (normalisation is inside the model); eps in pixel units /255",
     "audio": "L-inf in the model's input-feature domain scaled to [0, 1] by the feature range; eps in "
-             "units of 1/255 of that range (not a waveform-domain budget)",
+    "units of 1/255 of that range (not a waveform-domain budget)",
 }
 
 
@@ -72,12 +65,16 @@ def _check_match(x: np.ndarray, y: np.ndarray, info, model: torch.nn.Module, dat
     """One clear line when the data cannot be fed to the model (wrong dataset or run)."""
     want_shape, want_classes = tuple(info.input_shape), int(info.num_classes)
     if tuple(x.shape[1:]) != want_shape:
-        raise AttackError(f"dataset {dataset!r} gives inputs of shape {tuple(x.shape[1:])} but {who} expects "
-                          f"{want_shape}; evaluate it on the dataset it was trained on")
+        raise AttackError(
+            f"dataset {dataset!r} gives inputs of shape {tuple(x.shape[1:])} but {who} expects "
+            f"{want_shape}; evaluate it on the dataset it was trained on"
+        )
     out_classes, labels = Target(model, want_shape).num_classes, int(y.max()) + 1
     if out_classes != want_classes or labels > want_classes:
-        raise AttackError(f"dataset {dataset!r} has labels up to {labels - 1} but {who} outputs {out_classes} "
-                          f"classes (trained for {want_classes}); evaluate it on the dataset it was trained on")
+        raise AttackError(
+            f"dataset {dataset!r} has labels up to {labels - 1} but {who} outputs {out_classes} "
+            f"classes (trained for {want_classes}); evaluate it on the dataset it was trained on"
+        )
 
 
 def _model_name(config: dict):
@@ -85,11 +82,27 @@ def _model_name(config: dict):
     return model.get("name") if isinstance(model, dict) else model
 
 
-def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=None, out=None, surrogate_run=None,
-               params: dict | None = None, *, eot_samples: int | None = None, batch_size: int = 128,
-               progress: bool = True, onnx_path=None, out_name: str = "robustness.json",
-               target: str = "frozen", surrogate_runs: dict | None = None, cascade: bool = False,
-               white_box_in_full: bool = True) -> dict:
+def attack_run(
+    run_dir,
+    attacks,
+    eps,
+    n: int = 1000,
+    seed: int = 0,
+    data_dir=None,
+    out=None,
+    surrogate_run=None,
+    params: dict | None = None,
+    *,
+    eot_samples: int | None = None,
+    batch_size: int = 128,
+    progress: bool = True,
+    onnx_path=None,
+    out_name: str = ROBUSTNESS_FILE,
+    target: str = "frozen",
+    surrogate_runs: dict | None = None,
+    cascade: bool = False,
+    white_box_in_full: bool = True,
+) -> dict:
     """Attack the model of ``run_dir``; ``attacks`` is a name list or a spec like ``"white,square"``.
 
     With ``onnx_path`` the target is the exported file (run through onnxruntime / the QONNX executor),
@@ -133,8 +146,10 @@ def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=Non
     if onnx_path is not None:
         white = [a for a in names if get_attack(a).family in ("white", "ensemble")]
         if white:
-            raise AttackError(f"--onnx targets the exported file, which gives no gradients: white-box attacks "
-                              f"{', '.join(white)} cannot run on it; use --attacks black (or square, hopskipjump, ...)")
+            raise AttackError(
+                f"--onnx targets the exported file, which gives no gradients: white-box attacks "
+                f"{', '.join(white)} cannot run on it; use --attacks black (or square, hopskipjump, ...)"
+            )
         from ..export.onnx_model import OnnxClassifierModule
 
         run.model = OnnxClassifierModule(onnx_path)
@@ -146,38 +161,56 @@ def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=Non
     info = run.dataset_info
     _check_match(x, y, info, run.model, dataset, f"the model in {run.run_dir}")
 
-    model_sha = file_sha256(Path(run.run_dir) / "model.safetensors")
+    model_sha = file_sha256(Path(run.run_dir) / WEIGHTS_FILE)
     wanted = {split_transfer(a)[1] or "transfer": a for a in names if get_attack(a).needs_surrogate}
     sur_dirs = surrogate_runs or ({"transfer": surrogate_run} if surrogate_run is not None else {})
     surrogates, pre_skipped, sur_meta = {}, {}, {}
     for key, sdir in sur_dirs.items():
         if key not in wanted:
             continue
-        sha = file_sha256(Path(sdir) / "model.safetensors")
+        sha = file_sha256(Path(sdir) / WEIGHTS_FILE)
         sur_meta[key] = {"run": _relative(sdir), "sha256": sha}
         if sha is not None and sha == model_sha:
-            pre_skipped[wanted[key]] = (f"surrogate {key!r} is the target itself (same model.safetensors sha256 "
-                                        f"{sha[:12]}): a transfer from itself would be a white-box attack")
+            pre_skipped[wanted[key]] = (
+                f"surrogate {key!r} is the target itself (same model.safetensors sha256 "
+                f"{sha[:12]}): a transfer from itself would be a white-box attack"
+            )
             continue
         sur = load_run(sdir)
         if sur.config["data"]["dataset"] != dataset:
-            raise AttackError(f"surrogate run {sur.run_dir} was trained on {sur.config['data']['dataset']!r}, "
-                              f"the target on {dataset!r}; use a surrogate trained on {dataset!r}")
+            raise AttackError(
+                f"surrogate run {sur.run_dir} was trained on {sur.config['data']['dataset']!r}, "
+                f"the target on {dataset!r}; use a surrogate trained on {dataset!r}"
+            )
         _check_match(x, y, sur.dataset_info, sur.model, dataset, f"the surrogate in {sur.run_dir}")
         surrogates[key] = sur.model
     surrogate = surrogates.pop("transfer", None) if surrogate_run is not None else None
 
     eot = eot_samples if eot_samples is not None else DEFAULT_STOCHASTIC_EOT  # used only if the model is random
     from .target import attack_model  # "frozen" (default) or "brevitas": same logits, see models/freeze.py
+
     attacked = run.model if onnx_path is not None else attack_model(run.model, target)
-    results = run_attacks(attacked, x, y, names, budgets, seed=seed, surrogate=surrogate,
-                          surrogates=surrogates or None, skipped=pre_skipped, cascade=cascade,
-                          white_box_in_full=white_box_in_full, params=params,
-                          model_id=file_sha256(onnx_path) if onnx_path is not None else model_sha,
-                          eot_samples=eot, batch_size=batch_size, progress=progress,
-                          resume_dir=Path(out if out is not None else run.run_dir) / (
-                              "robustness_parts" if onnx_path is None else "robustness_parts_onnx"),
-                          masking_checks=onnx_path is None)
+    results = run_attacks(
+        attacked,
+        x,
+        y,
+        names,
+        budgets,
+        seed=seed,
+        surrogate=surrogate,
+        surrogates=surrogates or None,
+        skipped=pre_skipped,
+        cascade=cascade,
+        white_box_in_full=white_box_in_full,
+        params=params,
+        model_id=file_sha256(onnx_path) if onnx_path is not None else model_sha,
+        eot_samples=eot,
+        batch_size=batch_size,
+        progress=progress,
+        resume_dir=Path(out if out is not None else run.run_dir)
+        / ("robustness_parts" if onnx_path is None else "robustness_parts_onnx"),
+        masking_checks=onnx_path is None,
+    )
     results["notes"] += [f"{a} attack skipped: it needs a --surrogate run" for a in skipped]
     for a in skipped:
         results["skipped"].setdefault(a, "it needs a surrogate run (--surrogate), none was given")
@@ -185,22 +218,32 @@ def attack_run(run_dir, attacks, eps, n: int = 1000, seed: int = 0, data_dir=Non
     path = Path(out) if out is not None else Path(run.run_dir)
     path = path / out_name
     meta = {
-        "run_dir": _relative(run.run_dir), "model": _model_name(run.config), "dataset": dataset,
+        "run_dir": _relative(run.run_dir),
+        "model": _model_name(run.config),
+        "dataset": dataset,
         "model_sha256": model_sha,
         "dataset_source": dataset_source(getattr(ds, "source", None), resolve_data_dir(data_dir)),
         "data_kind": info.kind,
         "threat_model": THREAT_MODELS.get(info.kind, THREAT_MODELS["image"]),
-        "subset": {"split": "test", "n": len(indices), "seed": seed, "order": "nested stratified",
-                   "indices": [int(i) for i in indices],
-                   "indices_sha1": hashlib.sha1(np.sort(indices).astype(np.int64).tobytes()).hexdigest()[:16]},
+        "subset": {
+            "split": "test",
+            "n": len(indices),
+            "seed": seed,
+            "order": "nested stratified",
+            "indices": [int(i) for i in indices],
+            "indices_sha1": hashlib.sha1(np.sort(indices).astype(np.int64).tobytes()).hexdigest()[:16],
+        },
         "surrogate_run": _relative(surrogate_run) if surrogate_run is not None else None,
         "surrogates": sur_meta,
         "target": f"exported file {onnx_path}" if onnx_path is not None else f"PyTorch model of the run ({target})",
         "output": _relative(path),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"tinyrobust": __version__, "torch": torch.__version__,
-                     "art": importlib.metadata.version("adversarial-robustness-toolbox"),
-                     "torchattacks": _version("torchattacks")},
+        "versions": {
+            "tinyrobust": __version__,
+            "torch": torch.__version__,
+            "art": importlib.metadata.version("adversarial-robustness-toolbox"),
+            "torchattacks": _version("torchattacks"),
+        },
     }
     results = {"schema": SCHEMA, "meta": meta, **results}
     atomic_write_json(path, results)
@@ -228,15 +271,23 @@ def format_table(results: dict) -> str:
     lines = []
     if meta:
         lines.append(f"{meta.get('model')} on {meta.get('dataset')} ({meta.get('threat_model')})")
-    lines.append(f"clean accuracy {_fmt(results['clean_accuracy'])}% (n={results['n']}, seed {results['seed']}"
-                 + (f", EOT {results['eot_samples']} samples" if results.get("stochastic") else "") + ")")
+    lines.append(
+        f"clean accuracy {_fmt(results['clean_accuracy'])}% (n={results['n']}, seed {results['seed']}"
+        + (f", EOT {results['eot_samples']} samples" if results.get("stochastic") else "")
+        + ")"
+    )
     w = max([20] + [len(a) + 2 for a in (*results["attacks"], *(results.get("skipped") or {}))])
-    head = (f"{'attack':<{w}}{'family':<9}" + "".join(f"{k + '/255':>9}" for k in keys)
-            + f"{'queries/img':>13}{'time s':>9}")
+    head = (
+        f"{'attack':<{w}}{'family':<9}"
+        + "".join(f"{k + '/255':>9}" for k in keys)
+        + f"{'queries/img':>13}{'time s':>9}"
+    )
     title = "robust accuracy (%) at L-inf eps"
     if cascade:
-        title += (" (cascade: each attack on the survivors of the ones above, leading white-box attacks on all;"
-                  " a row is the accuracy after it)")
+        title += (
+            " (cascade: each attack on the survivors of the ones above, leading white-box attacks on all;"
+            " a row is the accuracy after it)"
+        )
     lines += [title, head, "-" * len(head)]
     footnotes = []
     for name, a in results["attacks"].items():
@@ -246,8 +297,10 @@ def format_table(results: dict) -> str:
             q, t = u.get("queries_per_image"), u["wall_time_s"]
             label = name + "*"
             l2 = "-" if u["l2_median"] is None else f"{u['l2_median']:.1f}/255"
-            footnotes.append(f"  {name}: {_fmt(u['accuracy_after_attack'])}% accuracy after the unbounded attack, "
-                             f"median L2 of successes {l2}")
+            footnotes.append(
+                f"  {name}: {_fmt(u['accuracy_after_attack'])}% accuracy after the unbounded attack, "
+                f"median L2 of successes {l2}"
+            )
         else:
             per = [a["results"][k].get("queries_per_image") for k in keys]
             per = [v for v in per if v is not None]
@@ -259,17 +312,20 @@ def format_table(results: dict) -> str:
         lines.append(f"{name:<{w}}{'':<9}" + "".join(f"{'n/a':>9}" for _ in keys) + f"   skipped: {reason}")
     worst = results.get("worst_case") or {}
     if worst:
-        lines.append(f"{'worst case':<{w + 9}}" + "".join(
-            f"{_fmt(worst[k]['robust_accuracy']) if k in worst else '-':>9}"
-                                                    for k in keys))
+        lines.append(
+            f"{'worst case':<{w + 9}}"
+            + "".join(f"{_fmt(worst[k]['robust_accuracy']) if k in worst else '-':>9}" for k in keys)
+        )
         if all("ci95" in worst.get(k, {}) for k in keys):
             cis = [worst[k]["ci95"] for k in keys]
-            lines.append(f"{'  95% CI (Wilson)':<{w + 9}}" + "".join(f"{f'{100 * lo:.0f}-{100 * hi:.0f}':>9}"
-                                                                 for lo, hi in cis))
+            lines.append(
+                f"{'  95% CI (Wilson)':<{w + 9}}" + "".join(f"{f'{100 * lo:.0f}-{100 * hi:.0f}':>9}" for lo, hi in cis)
+            )
     winner = results.get("white_box_winner") or {}
     if winner:
-        lines.append("strongest white-box attack: " + ", ".join(f"{k}/255 {winner[k]['attack']}" for k in keys
-                                                                 if k in winner))
+        lines.append(
+            "strongest white-box attack: " + ", ".join(f"{k}/255 {winner[k]['attack']}" for k in keys if k in winner)
+        )
     if footnotes:
         lines.append("* minimum-norm attack, counted at eps only if misclassified and L-inf distance <= eps")
         lines += footnotes
@@ -290,11 +346,15 @@ def list_attacks() -> str:
     for name in ORDER:
         spec = ATTACKS.get(name)
         defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or "none"
-        lines += [f"{name:<12} {spec.family}  {spec.describe()}",
-                  f"{'':<12} implementation: {spec.source}; defaults: {defaults}"]
+        lines += [
+            f"{name:<12} {spec.family}  {spec.describe()}",
+            f"{'':<12} implementation: {spec.source}; defaults: {defaults}",
+        ]
     probes = ", ".join(f"{k}={v}" for k, v in PROBE_DEFAULTS.items())
-    lines += [f"{'transfer@KEY':<12} one transfer entry per surrogate run (attack_run(surrogate_runs={{KEY: RUN}}))",
-              f"{'masking':<12} gradient-masking probes (extra PGD runs) and checks, defaults: {probes}",
-              f"{'':<12} checks: {', '.join(CHECKS)} (select with --set masking.checks=NAME,NAME)",
-              "families: white, black, ensemble, all; override a default with --set ATTACK.KEY=VALUE"]
+    lines += [
+        f"{'transfer@KEY':<12} one transfer entry per surrogate run (attack_run(surrogate_runs={{KEY: RUN}}))",
+        f"{'masking':<12} gradient-masking probes (extra PGD runs) and checks, defaults: {probes}",
+        f"{'':<12} checks: {', '.join(CHECKS)} (select with --set masking.checks=NAME,NAME)",
+        "families: white, black, ensemble, all; override a default with --set ATTACK.KEY=VALUE",
+    ]
     return "\n".join(lines)

@@ -33,12 +33,28 @@ import torch
 
 from ..errors import AttackError
 
-PROBE_DEFAULTS = {"checks": "all", "large_eps": 64.0, "max_accuracy_large_eps": 0.05,
-                  "steps_eps_candidates": "0.5,1,2,4,8", "steps_min_accuracy": 0.2,
-                  "few_steps": 20, "many_steps": 100, "zero_grad_max_share": 0.01, "gradient_images": 100}
+PROBE_DEFAULTS = {
+    "checks": "all",
+    "large_eps": 64.0,
+    "max_accuracy_large_eps": 0.05,
+    "steps_eps_candidates": "0.5,1,2,4,8",
+    "steps_min_accuracy": 0.2,
+    "few_steps": 20,
+    "many_steps": 100,
+    "zero_grad_max_share": 0.01,
+    "gradient_images": 100,
+}
 
-CHECKS = ("monotone_in_eps", "large_eps_breaks_model", "white_box_beats_black_box", "black_box_only_breaks",
-          "more_steps_not_worse", "deterministic_outputs", "zero_gradients", "outputs_not_probabilities")
+CHECKS = (
+    "monotone_in_eps",
+    "large_eps_breaks_model",
+    "white_box_beats_black_box",
+    "black_box_only_breaks",
+    "more_steps_not_worse",
+    "deterministic_outputs",
+    "zero_gradients",
+    "outputs_not_probabilities",
+)
 
 
 def resolve_checks(spec) -> list[str]:
@@ -101,9 +117,14 @@ def gradient_probes(target, xs: np.ndarray, ys: np.ndarray, images: int = 100) -
     zero_images = int((flat == 0).all(1).sum())
     rows_in_01 = bool(((logits >= -1e-6) & (logits <= 1 + 1e-6)).all())
     sums_to_1 = bool(torch.allclose(logits.sum(1), torch.ones(len(logits), device=logits.device), atol=1e-4))
-    return {"gradients": {"images": len(x), "zero_gradient_images": zero_images,
-                          "zero_component_share": float((flat == 0).float().mean())},
-            "outputs": {"images": len(x), "all_in_0_1": rows_in_01, "rows_sum_to_1": sums_to_1}}
+    return {
+        "gradients": {
+            "images": len(x),
+            "zero_gradient_images": zero_images,
+            "zero_component_share": float((flat == 0).float().mean()),
+        },
+        "outputs": {"images": len(x), "all_in_0_1": rows_in_01, "rows_sum_to_1": sums_to_1},
+    }
 
 
 def _acc_by_eps(entry: dict) -> list[tuple[float, float]]:
@@ -122,8 +143,11 @@ def _monotone(results: dict, tol: float) -> dict:
     for name, entry in series.items():
         s = _acc_by_eps(entry)
         checked += len(s) > 1
-        rises += [f"{name}: {_pct(a)} at {e:g}/255 -> {_pct(b)} at {f:g}/255"
-                  for (e, a), (f, b) in zip(s, s[1:]) if b > a + tol]
+        rises += [
+            f"{name}: {_pct(a)} at {e:g}/255 -> {_pct(b)} at {f:g}/255"
+            for (e, a), (f, b) in zip(s, s[1:])
+            if b > a + tol
+        ]
     if not checked:
         return _result("monotone_in_eps", None, "skipped: needs two or more eps")
     if rises:
@@ -137,9 +161,11 @@ def _large_eps(results: dict) -> dict:
         return _result("large_eps_breaks_model", None, "skipped: no probe run")
     limit = results["masking_probes"]["config"]["max_accuracy_large_eps"]
     acc = probe["robust_accuracy"]
-    return _result("large_eps_breaks_model", acc <= limit,
-                   f"PGD-{probe['steps']} at {probe['eps']:g}/255 leaves {_pct(acc)} accuracy "
-                   f"(must be <= {_pct(limit)})")
+    return _result(
+        "large_eps_breaks_model",
+        acc <= limit,
+        f"PGD-{probe['steps']} at {probe['eps']:g}/255 leaves {_pct(acc)} accuracy (must be <= {_pct(limit)})",
+    )
 
 
 def _white_vs_black(results: dict, tol: float) -> dict:
@@ -150,8 +176,11 @@ def _white_vs_black(results: dict, tol: float) -> dict:
     for e in results["eps"]:
         best = {}
         for family in ("white", "black"):
-            scored = [(entry["results"][f"{e:g}"]["robust_accuracy"], a)
-                      for a, entry in results["attacks"].items() if entry["family"] == family]
+            scored = [
+                (entry["results"][f"{e:g}"]["robust_accuracy"], a)
+                for a, entry in results["attacks"].items()
+                if entry["family"] == family
+            ]
             best[family] = min(scored) if scored else None
         if best["white"] is None or best["black"] is None:
             continue
@@ -193,8 +222,9 @@ def _black_only(results: dict, tol: float) -> dict:
         order = [fams[a] for a in results["cascade"] if fams.get(a) in ("white", "black")]
         if "white" in order and "black" in order and order.index("black") < len(order) - order[::-1].index("white") - 1:
             order_note = " (a black-box attack ran before a white-box one in the cascade: count is an upper bound)"
-    return _result(name, not failed, f"images broken only by black-box attacks, limit {limit:g}: "
-                   + ", ".join(parts) + order_note)
+    return _result(
+        name, not failed, f"images broken only by black-box attacks, limit {limit:g}: " + ", ".join(parts) + order_note
+    )
 
 
 def _more_steps(results: dict, tol: float) -> dict:
@@ -202,9 +232,12 @@ def _more_steps(results: dict, tol: float) -> dict:
     if probe is None:
         return _result("more_steps_not_worse", None, "skipped: no probe run")
     few, many = probe["few_steps"], probe["many_steps"]
-    return _result("more_steps_not_worse", many["robust_accuracy"] <= few["robust_accuracy"] + tol,
-                   f"PGD at {probe['eps']:g}/255 ({probe.get('rule', 'fixed eps')}): {_pct(few['robust_accuracy'])} "
-                   f"with {few['steps']} steps, {_pct(many['robust_accuracy'])} with {many['steps']} steps")
+    return _result(
+        "more_steps_not_worse",
+        many["robust_accuracy"] <= few["robust_accuracy"] + tol,
+        f"PGD at {probe['eps']:g}/255 ({probe.get('rule', 'fixed eps')}): {_pct(few['robust_accuracy'])} "
+        f"with {few['steps']} steps, {_pct(many['robust_accuracy'])} with {many['steps']} steps",
+    )
 
 
 def _deterministic(results: dict) -> dict:
@@ -212,9 +245,12 @@ def _deterministic(results: dict) -> dict:
     if probe is None:
         return _result("deterministic_outputs", None, "skipped: no probe run")
     if probe["random_outputs"]:
-        return _result("deterministic_outputs", False,
-                       f"the same {probe['images']} inputs twice give different logits: the model is random; "
-                       f"attacked with EOT {results.get('eot_samples')} samples, robust numbers are noisy")
+        return _result(
+            "deterministic_outputs",
+            False,
+            f"the same {probe['images']} inputs twice give different logits: the model is random; "
+            f"attacked with EOT {results.get('eot_samples')} samples, robust numbers are noisy",
+        )
     return _result("deterministic_outputs", True, f"the same {probe['images']} inputs twice give the same logits")
 
 
@@ -224,10 +260,13 @@ def _zero_gradients(results: dict) -> dict:
         return _result("zero_gradients", None, "skipped: no probe run")
     limit = results["masking_probes"]["config"]["zero_grad_max_share"]
     share = probe["zero_gradient_images"] / probe["images"]
-    return _result("zero_gradients", share <= limit,
-                   f"{probe['zero_gradient_images']} of {probe['images']} images ({_pct(share)}) have an all-zero "
-                   "input "
-                   f"gradient (must be <= {_pct(limit)}); {_pct(probe['zero_component_share'])} of components are zero")
+    return _result(
+        "zero_gradients",
+        share <= limit,
+        f"{probe['zero_gradient_images']} of {probe['images']} images ({_pct(share)}) have an all-zero "
+        "input "
+        f"gradient (must be <= {_pct(limit)}); {_pct(probe['zero_component_share'])} of components are zero",
+    )
 
 
 def _probabilities(results: dict) -> dict:
@@ -235,9 +274,14 @@ def _probabilities(results: dict) -> dict:
     if probe is None:
         return _result("outputs_not_probabilities", None, "skipped: no probe run")
     looks = probe["all_in_0_1"] and probe["rows_sum_to_1"]
-    return _result("outputs_not_probabilities", not looks,
-                   "outputs are in [0, 1] and sum to 1 per row: the model returns probabilities (softmax inside), "
-                   "attack its logits instead" if looks else "outputs are logits (not rows of probabilities)")
+    return _result(
+        "outputs_not_probabilities",
+        not looks,
+        "outputs are in [0, 1] and sum to 1 per row: the model returns probabilities (softmax inside), "
+        "attack its logits instead"
+        if looks
+        else "outputs are logits (not rows of probabilities)",
+    )
 
 
 def check_masking(results: dict, checks: list[str] | None = None) -> dict:
@@ -246,13 +290,16 @@ def check_masking(results: dict, checks: list[str] | None = None) -> dict:
     Returns ``{"passed", "verdict", "tolerance", "checks": [{check, passed, detail}]}``;
     ``passed`` of a check is ``None`` when it was skipped."""
     tol = tolerance(results["n"])
-    run = {"monotone_in_eps": lambda: _monotone(results, tol), "large_eps_breaks_model": lambda: _large_eps(results),
-           "white_box_beats_black_box": lambda: _white_vs_black(results, tol),
-           "black_box_only_breaks": lambda: _black_only(results, tol),
-           "more_steps_not_worse": lambda: _more_steps(results, tol),
-           "deterministic_outputs": lambda: _deterministic(results),
-           "zero_gradients": lambda: _zero_gradients(results),
-           "outputs_not_probabilities": lambda: _probabilities(results)}
+    run = {
+        "monotone_in_eps": lambda: _monotone(results, tol),
+        "large_eps_breaks_model": lambda: _large_eps(results),
+        "white_box_beats_black_box": lambda: _white_vs_black(results, tol),
+        "black_box_only_breaks": lambda: _black_only(results, tol),
+        "more_steps_not_worse": lambda: _more_steps(results, tol),
+        "deterministic_outputs": lambda: _deterministic(results),
+        "zero_gradients": lambda: _zero_gradients(results),
+        "outputs_not_probabilities": lambda: _probabilities(results),
+    }
     out = [run[c]() for c in (checks or CHECKS)]
     failed = [c["check"] for c in out if c["passed"] is False]
     ran = sum(c["passed"] is not None for c in out)

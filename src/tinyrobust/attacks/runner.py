@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import check_like
 from ..errors import AttackError
 from ..io_utils import atomic_write_json
 from . import masking
@@ -51,26 +52,6 @@ def eps_key(e: float) -> str:
     return f"{e:g}"
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-                return value.lower() in ("true", "1")
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if isinstance(default, int):
-            f = float(value)
-            if not f.is_integer():
-                raise ValueError
-            return int(f)
-        if isinstance(default, float):
-            return float(value)
-    except (TypeError, ValueError):
-        raise AttackError(f"{where} must be of type {type(default).__name__}; got {value!r}") from None
-    return value
-
-
 def resolve_params(names: list[str], params: dict | None) -> dict[str, dict]:
     """Defaults of each attack (and of the masking probes) updated by ``params``; unknown keys fail."""
     params = params or {}
@@ -87,7 +68,7 @@ def resolve_params(names: list[str], params: dict | None) -> dict[str, dict]:
             if key not in defaults:
                 valid = ", ".join(defaults) or "(none: it has no parameters)"
                 raise AttackError(f"unknown parameter {name}.{key}; valid: {valid}")
-            merged[key] = _coerce(value, defaults[key], f"{name}.{key}")
+            merged[key] = check_like(f"{name}.{key}", value, defaults[key], AttackError)
         resolved[name] = merged
     return resolved
 
@@ -102,8 +83,10 @@ def _seed(seed: int, *tags: Any) -> None:
 
 def _check_inputs(x: np.ndarray, y: np.ndarray) -> None:
     if not (isinstance(x, np.ndarray) and x.ndim == 4 and np.issubdtype(x.dtype, np.floating)):
-        raise AttackError(f"x must be a float32 NCHW numpy array; got {getattr(x, 'dtype', type(x))} "
-                          f"of shape {getattr(x, 'shape', None)}")
+        raise AttackError(
+            f"x must be a float32 NCHW numpy array; got {getattr(x, 'dtype', type(x))} "
+            f"of shape {getattr(x, 'shape', None)}"
+        )
     if len(x) == 0:
         raise AttackError("no images to attack")
     if x.min() < 0 or x.max() > 1:
@@ -130,8 +113,9 @@ def _stats(n: int, n_correct: int, broken: np.ndarray, linf: np.ndarray, l2: np.
     return out
 
 
-def _generate(spec: AttackSpec, attacker: Target, target: Target, x: np.ndarray, y: np.ndarray,
-              eps: float | None, params: dict) -> tuple[np.ndarray, int, float]:
+def _generate(
+    spec: AttackSpec, attacker: Target, target: Target, x: np.ndarray, y: np.ndarray, eps: float | None, params: dict
+) -> tuple[np.ndarray, int, float]:
     """Adversarials (projected onto the threat model), target queries used, seconds."""
     if len(x) == 0:  # nothing left to attack
         return x.copy(), 0, 0.0
@@ -187,16 +171,19 @@ def _resolve_transfers(names: list[str], surrogate, surrogates: dict | None) -> 
             out.append(name)
         elif key is not None:
             if key not in pool:
-                raise AttackError(f"attack {name!r} needs a surrogate named {key!r}; surrogates given: "
-                                  f"{', '.join(pool) or 'none'}")
+                raise AttackError(
+                    f"attack {name!r} needs a surrogate named {key!r}; surrogates given: {', '.join(pool) or 'none'}"
+                )
             out.append(name)
         elif surrogate is not None:
             out.append("transfer")
         elif pool:
             out += [f"{TRANSFER_PREFIX}{k}" for k in pool]
         else:
-            raise AttackError("the transfer attack needs a surrogate: pass --surrogate RUN_DIR, a separately "
-                              "trained (float) run on the same dataset; crafting on the target would be white-box")
+            raise AttackError(
+                "the transfer attack needs a surrogate: pass --surrogate RUN_DIR, a separately "
+                "trained (float) run on the same dataset; crafting on the target would be white-box"
+            )
     # Transfers last: a model cannot face a transfer from itself, so the common attack set of
     # several models is a prefix of the cascade (OWNERS.md item 3).
     is_transfer = [split_transfer(a)[0] == "transfer" for a in out]
@@ -208,13 +195,27 @@ def _surrogate_key(name: str) -> str:
     return split_transfer(name)[1] or "transfer"
 
 
-def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: list[str], eps: list[float], *,
-                seed: int = 0, surrogate: torch.nn.Module | None = None,
-                surrogates: dict[str, torch.nn.Module] | None = None, params: dict | None = None,
-                eot_samples: int | None = 1, batch_size: int = 128, progress: bool = True,
-                masking_checks: bool = True, resume_dir: str | Path | None = None, cascade: bool = False,
-                white_box_in_full: bool = True, skipped: dict[str, str] | None = None,
-                model_id: str | None = None) -> dict:
+def run_attacks(
+    model: torch.nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    attacks: list[str],
+    eps: list[float],
+    *,
+    seed: int = 0,
+    surrogate: torch.nn.Module | None = None,
+    surrogates: dict[str, torch.nn.Module] | None = None,
+    params: dict | None = None,
+    eot_samples: int | None = 1,
+    batch_size: int = 128,
+    progress: bool = True,
+    masking_checks: bool = True,
+    resume_dir: str | Path | None = None,
+    cascade: bool = False,
+    white_box_in_full: bool = True,
+    skipped: dict[str, str] | None = None,
+    model_id: str | None = None,
+) -> dict:
     """Attack ``model`` on ``x`` (float32 NCHW in [0, 1]) / ``y`` (int labels).
 
     ``eps`` is in pixel units /255. ``params`` overrides defaults per attack, e.g.
@@ -244,8 +245,7 @@ def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: l
     for a in attacks:
         get_attack(a)
     pre_skipped = dict(skipped or {})
-    names, pool = _resolve_transfers([a for a in dict.fromkeys(attacks) if a not in pre_skipped], surrogate,
-                                     surrogates)
+    names, pool = _resolve_transfers([a for a in dict.fromkeys(attacks) if a not in pre_skipped], surrogate, surrogates)
     specs = {a: get_attack(a) for a in names}
     budgets = validate_eps(eps)
     if batch_size < 1:
@@ -270,13 +270,17 @@ def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: l
             module = pool[key]
             sha = weights_sha256(module)
             if module is model or sha == model_sha:
-                skipped[a] = (f"surrogate {key!r} has the target's own weights (sha256 {sha[:12]}): a transfer "
-                              "from itself would be a white-box attack")
+                skipped[a] = (
+                    f"surrogate {key!r} has the target's own weights (sha256 {sha[:12]}): a transfer "
+                    "from itself would be a white-box attack"
+                )
                 continue
             t = Target(module, x.shape[1:], batch_size=batch_size)
             if t.num_classes != target.num_classes:
-                raise AttackError(f"the surrogate {key!r} has {t.num_classes} classes, the target "
-                                  f"{target.num_classes}: train it on the same dataset")
+                raise AttackError(
+                    f"the surrogate {key!r} has {t.num_classes} classes, the target "
+                    f"{target.num_classes}: train it on the same dataset"
+                )
             sur_targets[a], sur_sha[key] = t, sha
     run_names = [a for a in names if a not in skipped]
 
@@ -284,14 +288,25 @@ def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: l
     correct = target.predict(x) == y
     n_correct = int(correct.sum())
     results: dict[str, Any] = {
-        "n": n, "clean_accuracy": n_correct / n, "n_clean_correct": n_correct,
+        "n": n,
+        "clean_accuracy": n_correct / n,
+        "n_clean_correct": n_correct,
         "clean_correct": "".join("1" if c else "0" for c in correct),
-        "eps": budgets, "eps_units": EPS_UNITS, "norm_units": NORM_UNITS, "seed": seed,
-        "stochastic": stochastic, "randomness_measured": random_outputs, "eot_samples": eot,
-        "model_sha256_weights": model_sha, "surrogate_sha256_weights": sur_sha,
-        "cascade": run_names if cascade else None, "attack_order": run_names, "skipped": skipped,
+        "eps": budgets,
+        "eps_units": EPS_UNITS,
+        "norm_units": NORM_UNITS,
+        "seed": seed,
+        "stochastic": stochastic,
+        "randomness_measured": random_outputs,
+        "eot_samples": eot,
+        "model_sha256_weights": model_sha,
+        "surrogate_sha256_weights": sur_sha,
+        "cascade": run_names if cascade else None,
+        "attack_order": run_names,
+        "skipped": skipped,
         "white_box_in_full": bool(cascade and white_box_in_full),
-        "attacks": {}, "notes": [],
+        "attacks": {},
+        "notes": [],
     }
     if stochastic and eot == 1:
         results["notes"].append("model is stochastic but eot_samples=1: gradients are single-sample (weak)")
@@ -314,8 +329,9 @@ def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: l
     if not (cascade and white_box_in_full):
         lead_white = set()
     robust: dict[str, dict[str, np.ndarray]] = {}  # eps key -> attack -> survived (False where not attacked)
-    store = _ResumeStore(resume_dir, x, y, budgets, seed, eot,
-                         model_sha if model_id is None else f"{model_sha}:{model_id}")
+    store = _ResumeStore(
+        resume_dir, x, y, budgets, seed, eot, model_sha if model_id is None else f"{model_sha}:{model_id}"
+    )
     for name in run_names:
         spec, p = specs[name], resolved[specs[name].name]
         extra = {"attack": name, "cascade": cascade}
@@ -323,14 +339,28 @@ def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: l
             extra["surrogate_sha256"] = sur_sha[_surrogate_key(name)]
         candidates = everything if name in lead_white else alive
         if cascade:
-            extra["alive_sha1"] = hashlib.sha1("".join(
-                "".join("1" if v else "0" for v in candidates[k]) for k in sorted(candidates)).encode()).hexdigest()
+            extra["alive_sha1"] = hashlib.sha1(
+                "".join("".join("1" if v else "0" for v in candidates[k]) for k in sorted(candidates)).encode()
+            ).hexdigest()
         saved = store.load(name, p, extra)
         if saved is not None:
             entry, masks = saved
         else:
-            entry, masks = _run_one(name, spec, p, target, sur_targets.get(name, target), x, y, budgets,
-                                    candidates, correct, seed, bar)
+            entry, masks = _run_one(
+                name,
+                spec,
+                p,
+                target,
+                sur_targets.get(name, target),
+                x,
+                y,
+                budgets,
+                candidates,
+                correct,
+                seed,
+                bar,
+                parts=(store, extra),
+            )
             store.save(name, p, extra, entry, masks)
         bar.update(0 if saved is None else (len(budgets) if spec.uses_eps else 1))
         if spec.needs_surrogate:
@@ -362,34 +392,75 @@ def run_attacks(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, attacks: l
     return results
 
 
-def _run_one(name: str, spec: AttackSpec, p: dict, target: Target, attacker: Target, x: np.ndarray,
-             y: np.ndarray, budgets: list[float], alive: dict[str, np.ndarray], correct: np.ndarray, seed: int,
-             bar) -> tuple[dict, dict[str, np.ndarray]]:
-    """One attack at every eps on the images ``alive`` at that eps; entry and survived masks (length n)."""
-    entry: dict[str, Any] = {"family": spec.family, "threat_model": spec.describe(p), "norm": spec.norm,
-                             "params": p, "results": {}}
+def _run_one(
+    name: str,
+    spec: AttackSpec,
+    p: dict,
+    target: Target,
+    attacker: Target,
+    x: np.ndarray,
+    y: np.ndarray,
+    budgets: list[float],
+    alive: dict[str, np.ndarray],
+    correct: np.ndarray,
+    seed: int,
+    bar,
+    parts: tuple | None = None,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """One attack at every eps on the images ``alive`` at that eps; entry and survived masks (length n).
+
+    With ``parts = (store, key extra)`` each eps of an eps-bounded attack is also saved on its own as soon
+    as it finishes (and reused), so a run killed inside a long attack (standard AutoAttack at four eps is
+    an hour on one CPU core) loses at most the eps in progress."""
+    entry: dict[str, Any] = {
+        "family": spec.family,
+        "threat_model": spec.describe(p),
+        "norm": spec.norm,
+        "params": p,
+        "results": {},
+    }
     masks: dict[str, np.ndarray] = {}
     n = len(x)
 
-    def record(k: str, attacked: np.ndarray, broken_at: np.ndarray, linf: np.ndarray, l2: np.ndarray,
-               extra: dict) -> None:
+    def record(
+        k: str, attacked: np.ndarray, broken_at: np.ndarray, linf: np.ndarray, l2: np.ndarray, extra: dict
+    ) -> None:
         # attacked, broken_at, linf, l2: length n (norms in [0, 1] units, inf where not attacked)
         survived, broken = attacked & ~broken_at, attacked & broken_at
         entry["results"][k] = {
-            "robust_accuracy": int(survived.sum()) / n, "n_attacked": int(attacked.sum()),
+            "robust_accuracy": int(survived.sum()) / n,
+            "n_attacked": int(attacked.sum()),
             "n_broken": int(broken.sum()),
             "attack_success_rate": float(broken.sum() / attacked.sum()) if attacked.any() else None,
-            **{f"{nm}_{st}": (float(fn(v[broken] * 255)) if broken.any() else None)
-               for nm, v in (("linf", linf), ("l2", l2)) for st, fn in (("mean", np.mean), ("median", np.median))},
-            "robust": outcome_string(survived, attacked | ~correct), **extra}
+            **{
+                f"{nm}_{st}": (float(fn(v[broken] * 255)) if broken.any() else None)
+                for nm, v in (("linf", linf), ("l2", l2))
+                for st, fn in (("mean", np.mean), ("median", np.median))
+            },
+            "robust": outcome_string(survived, attacked | ~correct),
+            **extra,
+        }
         masks[k] = survived
 
     if spec.uses_eps:
         for e in budgets:
             k = eps_key(e)
+            idx = np.flatnonzero(alive[k])
+            part_extra = None
+            if parts is not None:
+                store, extra = parts
+                part_extra = {
+                    **{a: b for a, b in extra.items() if a != "alive_sha1"},
+                    "eps_part": k,
+                    "alive_at_eps_sha1": hashlib.sha1(np.packbits(alive[k]).tobytes()).hexdigest(),
+                }
+                saved = store.load(f"{name}@eps{k}", p, part_extra)
+                if saved is not None:
+                    entry["results"][k], masks[k] = saved[0], saved[1]["mask"]
+                    bar.update()
+                    continue
             bar.set_postfix_str(f"{name} eps={e:g}")
             _seed(seed, name if name != "transfer" else spec.name, e)
-            idx = np.flatnonzero(alive[k])
             x_adv, queries, seconds = _generate(spec, attacker, target, x[idx], y[idx], e / 255, p)
             broken_at = np.zeros(n, bool)
             if len(idx):
@@ -398,8 +469,16 @@ def _run_one(name: str, spec: AttackSpec, p: dict, target: Target, attacker: Tar
             attacked[idx] = True
             linf, l2 = np.full(n, np.inf), np.full(n, np.inf)
             linf[idx], l2[idx] = _norms(x[idx], x_adv)
-            record(k, attacked, broken_at, linf, l2,
-                   {**_query_stats(spec, queries, len(idx)), "wall_time_s": round(seconds, 3)})
+            record(
+                k,
+                attacked,
+                broken_at,
+                linf,
+                l2,
+                {**_query_stats(spec, queries, len(idx)), "wall_time_s": round(seconds, 3)},
+            )
+            if part_extra is not None:
+                parts[0].save(f"{name}@eps{k}", p, part_extra, entry["results"][k], {"mask": masks[k]})
             bar.update()
     else:
         bar.set_postfix_str(name)
@@ -413,8 +492,12 @@ def _run_one(name: str, spec: AttackSpec, p: dict, target: Target, attacker: Tar
             success[idx] = target.predict(x_adv) != y[idx]
             linf_all[idx], l2_all[idx] = _norms(x[idx], x_adv)
         un = _stats(n, len(idx), success[idx], linf_all[idx], l2_all[idx])
-        entry["unbounded"] = {**un, **_query_stats(spec, queries, len(idx)), "n_attacked": len(idx),
-                              "wall_time_s": round(seconds, 3)}
+        entry["unbounded"] = {
+            **un,
+            **_query_stats(spec, queries, len(idx)),
+            "n_attacked": len(idx),
+            "wall_time_s": round(seconds, 3),
+        }
         entry["unbounded"]["accuracy_after_attack"] = (len(idx) - int(success[idx].sum())) / n
         entry["unbounded"].pop("robust_accuracy")
         for e in budgets:
@@ -436,11 +519,18 @@ def _worst_case(results: dict, robust: dict, correct: np.ndarray, budgets: list[
             continue
         survived = np.logical_and.reduce([correct, *masks.values()])
         kk = int(survived.sum())
-        out[k] = {"robust_accuracy": kk / n, "ci95": _wilson(kk, n), "n": n, "n_robust": kk,
-                  "robust": "".join("1" if v else "0" for v in survived), "attacks": list(masks)}
+        out[k] = {
+            "robust_accuracy": kk / n,
+            "ci95": _wilson(kk, n),
+            "n": n,
+            "n_robust": kk,
+            "robust": "".join("1" if v else "0" for v in survived),
+            "attacks": list(masks),
+        }
         if not results.get("cascade"):
             out[k]["best_single_attack"] = min(
-                masks, key=lambda a: results["attacks"][a]["results"][k]["robust_accuracy"])
+                masks, key=lambda a: results["attacks"][a]["results"][k]["robust_accuracy"]
+            )
     return out
 
 
@@ -450,8 +540,11 @@ def _white_box_winner(results: dict, budgets: list[float], n_correct: int) -> di
     out = {}
     for e in budgets:
         k = eps_key(e)
-        white = {a: en["results"][k]["robust_accuracy"] for a, en in results["attacks"].items()
-                 if en["family"] == "white" and en["results"][k].get("n_attacked") == n_correct}
+        white = {
+            a: en["results"][k]["robust_accuracy"]
+            for a, en in results["attacks"].items()
+            if en["family"] == "white" and en["results"][k].get("n_attacked") == n_correct
+        }
         if white:
             best = min(white, key=white.get)
             out[k] = {"attack": best, "robust_accuracy": white[best], "compared": white}
@@ -463,13 +556,19 @@ class _ResumeStore:
     images, labels, budgets, seed, EOT, the attacked model's weights (sha256), the attack's parameters
     and, per attack, its surrogate's weights and (under cascade) the images still alive."""
 
-    def __init__(self, folder, x: np.ndarray, y: np.ndarray, budgets: list[float], seed: int, eot: int,
-                 model_sha256: str):
+    def __init__(
+        self, folder, x: np.ndarray, y: np.ndarray, budgets: list[float], seed: int, eot: int, model_sha256: str
+    ):
         self.folder = Path(folder) if folder is not None else None
         digest = hashlib.sha1(np.ascontiguousarray(x).tobytes())
         digest.update(np.ascontiguousarray(y).tobytes())
-        self.base = {"images_sha1": digest.hexdigest(), "eps": budgets, "seed": seed, "eot": eot,
-                     "model_sha256": model_sha256}
+        self.base = {
+            "images_sha1": digest.hexdigest(),
+            "eps": budgets,
+            "seed": seed,
+            "eot": eot,
+            "model_sha256": model_sha256,
+        }
 
     def _key(self, params: dict, extra: dict) -> str:
         return json.dumps({**self.base, "params": params, **extra}, sort_keys=True, default=str)
@@ -491,12 +590,15 @@ class _ResumeStore:
     def save(self, name: str, params: dict, extra: dict, entry: dict, masks: dict) -> None:
         if self.folder is None:
             return
-        atomic_write_json(self._file(name), {
-            "key": self._key(params, extra), "entry": entry, "masks": {k: m.tolist() for k, m in masks.items()}})
+        atomic_write_json(
+            self._file(name),
+            {"key": self._key(params, extra), "entry": entry, "masks": {k: m.tolist() for k, m in masks.items()}},
+        )
 
 
-def _masking_probes(target: Target, xs: np.ndarray, ys: np.ndarray, n: int, cfg: dict, seed: int, bar,
-                    budgets: list[float]) -> dict:
+def _masking_probes(
+    target: Target, xs: np.ndarray, ys: np.ndarray, n: int, cfg: dict, seed: int, bar, budgets: list[float]
+) -> dict:
     """Extra PGD runs the masking checks need: one at a large eps, and few vs many steps at the
     largest probed eps where PGD with few steps still leaves >= ``steps_min_accuracy`` (so that more
     steps have something left to break; at an eps where everything is broken the check cannot fail)."""
@@ -509,8 +611,11 @@ def _masking_probes(target: Target, xs: np.ndarray, ys: np.ndarray, n: int, cfg:
         return int((target.predict(x_adv) == ys).sum()) / n if len(xs) else 0.0
 
     bar.set_postfix_str(f"masking probe pgd eps={cfg['large_eps']:g}")
-    large = {"eps": cfg["large_eps"], "steps": cfg["few_steps"],
-             "robust_accuracy": accuracy(cfg["large_eps"], cfg["few_steps"])}
+    large = {
+        "eps": cfg["large_eps"],
+        "steps": cfg["few_steps"],
+        "robust_accuracy": accuracy(cfg["large_eps"], cfg["few_steps"]),
+    }
     bar.update()
     candidates = masking.steps_eps_candidates(cfg, budgets)
     scan = {}
@@ -522,10 +627,13 @@ def _masking_probes(target: Target, xs: np.ndarray, ys: np.ndarray, n: int, cfg:
             break
         chosen = e
     bar.set_postfix_str(f"masking probe pgd steps {cfg['few_steps']} vs {cfg['many_steps']} at {chosen:g}")
-    steps = {"eps": chosen, "scan_few_steps": scan,
-             "rule": f"largest probed eps where PGD-{cfg['few_steps']} leaves >= {100 * cfg['steps_min_accuracy']:g}% "
-                     f"(smallest probed eps if none)",
-             "few_steps": {"steps": cfg["few_steps"], "robust_accuracy": scan[eps_key(chosen)]},
-             "many_steps": {"steps": cfg["many_steps"], "robust_accuracy": accuracy(chosen, cfg["many_steps"])}}
+    steps = {
+        "eps": chosen,
+        "scan_few_steps": scan,
+        "rule": f"largest probed eps where PGD-{cfg['few_steps']} leaves >= {100 * cfg['steps_min_accuracy']:g}% "
+        f"(smallest probed eps if none)",
+        "few_steps": {"steps": cfg["few_steps"], "robust_accuracy": scan[eps_key(chosen)]},
+        "many_steps": {"steps": cfg["many_steps"], "robust_accuracy": accuracy(chosen, cfg["many_steps"])},
+    }
     bar.update()
     return {"config": cfg, "large_eps": large, "more_steps": steps}

@@ -40,8 +40,15 @@ class Target:
     ``eot_samples`` > 1 averages every gradient over that many stochastic forward passes.
     """
 
-    def __init__(self, model: torch.nn.Module, input_shape: tuple[int, ...], num_classes: int | None = None,
-                 *, eot_samples: int = 1, batch_size: int = 128):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        input_shape: tuple[int, ...],
+        num_classes: int | None = None,
+        *,
+        eot_samples: int = 1,
+        batch_size: int = 128,
+    ):
         self.model = model.eval()
         self.input_shape = tuple(int(s) for s in input_shape)
         self.eot_samples = max(1, int(eot_samples))
@@ -58,7 +65,7 @@ class Target:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of ``x`` (counted as ``len(x)`` queries), computed in batches."""
         self.queries += len(x)
-        out = [self.model(x[i:i + self.batch_size].to(self.device)) for i in range(0, len(x), self.batch_size)]
+        out = [self.model(x[i : i + self.batch_size].to(self.device)) for i in range(0, len(x), self.batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.num_classes)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -97,8 +104,11 @@ def _art_classifier_class():
 
         def __init__(self, target: Target):
             super().__init__(
-                model=target.model, loss=torch.nn.CrossEntropyLoss(), input_shape=target.input_shape,
-                nb_classes=target.num_classes, clip_values=(0.0, 1.0),
+                model=target.model,
+                loss=torch.nn.CrossEntropyLoss(),
+                input_shape=target.input_shape,
+                nb_classes=target.num_classes,
+                clip_values=(0.0, 1.0),
                 device_type="gpu" if target.device.type == "cuda" else "cpu",
             )
             self._target = target
@@ -106,8 +116,9 @@ def _art_classifier_class():
         def predict(self, x, batch_size: int = 128, training_mode: bool = False, **kwargs):
             self._target.queries += len(x)
             # Some ART attacks (HopSkipJump) pass float64, which a float32 model rejects.
-            return super().predict(np.asarray(x, dtype=np.float32), batch_size=batch_size,
-                                   training_mode=training_mode, **kwargs)
+            return super().predict(
+                np.asarray(x, dtype=np.float32), batch_size=batch_size, training_mode=training_mode, **kwargs
+            )
 
         def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):
             return self._eot(super().loss_gradient, x, y, training_mode=training_mode, **kwargs)

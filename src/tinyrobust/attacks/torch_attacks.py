@@ -23,9 +23,9 @@ from .target import Target
 def _batched(generate_batch, target: Target, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     out = np.empty_like(x, dtype=np.float32)
     for i in range(0, len(x), target.batch_size):
-        xb = torch.as_tensor(x[i:i + target.batch_size], dtype=torch.float32, device=target.device)
-        yb = torch.as_tensor(y[i:i + target.batch_size], dtype=torch.long, device=target.device)
-        out[i:i + len(xb)] = generate_batch(xb, yb).detach().cpu().numpy()
+        xb = torch.as_tensor(x[i : i + target.batch_size], dtype=torch.float32, device=target.device)
+        yb = torch.as_tensor(y[i : i + target.batch_size], dtype=torch.long, device=target.device)
+        out[i : i + len(xb)] = generate_batch(xb, yb).detach().cpu().numpy()
     return out
 
 
@@ -54,8 +54,9 @@ class APGD:
 
     def __init__(self, target: Target, eps: float, loss: str = "ce", steps: int = 100, restarts: int = 1):
         self.target, self.eps, self.steps, self.restarts = target, eps, steps, restarts
-        self.loss = {"ce": lambda z, y: torch.nn.functional.cross_entropy(z, y, reduction="none"),
-                     "dlr": dlr_loss}[loss]
+        self.loss = {"ce": lambda z, y: torch.nn.functional.cross_entropy(z, y, reduction="none"), "dlr": dlr_loss}[
+            loss
+        ]
 
     def generate(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return _batched(self._batch, self.target, x, y)
@@ -165,7 +166,7 @@ class SquareLinf:
         # AutoAttack's schedule for the square's area, rescaled to the query budget.
         i = int(i / self.queries * 10000)
         halvings = sum(i > t for t in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
-        return self.p_init / 2 ** halvings
+        return self.p_init / 2**halvings
 
     def _batch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -200,8 +201,15 @@ class CarliniWagnerL2:
     """Carlini-Wagner L2 (2017), untargeted, minimum-norm: Adam in tanh space with a per-sample
     binary search on the trade-off constant; returns the smallest-L2 adversarial found (or x)."""
 
-    def __init__(self, target: Target, steps: int = 50, binary_search_steps: int = 5, lr: float = 0.01,
-                 initial_const: float = 1.0, confidence: float = 0.0):
+    def __init__(
+        self,
+        target: Target,
+        steps: int = 50,
+        binary_search_steps: int = 5,
+        lr: float = 0.01,
+        initial_const: float = 1.0,
+        confidence: float = 0.0,
+    ):
         self.target, self.steps, self.search_steps = target, steps, binary_search_steps
         self.lr, self.initial_const, self.confidence = lr, initial_const, confidence
 

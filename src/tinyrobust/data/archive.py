@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from tqdm import tqdm
 
 from ..errors import DataError
-from ..io_utils import atomic_write
+from ..io_utils import atomic_write, hash_file, sha256_file  # noqa: F401  (sha256_file re-exported)
 
 # What a damaged or truncated archive raises while being read.
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
@@ -40,9 +40,7 @@ def check_member(archive: str | os.PathLike, member: tarfile.TarInfo, target: Pa
     if target is not None:
         root = target.resolve()
         if not (root / member.name).resolve().is_relative_to(root):
-            raise DataError(
-                f"archive {archive}: refusing member {member.name!r}: it resolves outside {target}"
-            )
+            raise DataError(f"archive {archive}: refusing member {member.name!r}: it resolves outside {target}")
 
 
 def _member_kind(member: tarfile.TarInfo) -> str | None:
@@ -112,21 +110,9 @@ def extract_tar(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
     return dest
 
 
-def _hash_file(path: str | os.PathLike, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def md5_file(path: str | os.PathLike) -> str:
     """Hex md5 of a file: the checksum the official dataset pages publish."""
-    return _hash_file(path, "md5")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    return _hash_file(path, "sha256")
+    return hash_file(path, "md5")
 
 
 def download(url: str, dest: str | os.PathLike, md5: str, timeout: float = 60) -> Path:

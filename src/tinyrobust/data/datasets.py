@@ -124,9 +124,7 @@ def cached(name: str, split: str, files: Sequence[Path], build: Callable[[], Arr
     try:
         atomic_write(path, write)
     except OSError as exc:
-        raise DataError(
-            f"cannot write cache {path} ({exc}); point TINYROBUST_CACHE at a writable folder"
-        ) from None
+        raise DataError(f"cannot write cache {path} ({exc}); point TINYROBUST_CACHE at a writable folder") from None
     return ds
 
 

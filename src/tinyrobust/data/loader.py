@@ -72,8 +72,10 @@ class BatchIterator:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if augment and ds.x.dtype != np.uint8:
-            raise DataError(f"{ds.name} holds features, not images: random crop + flip augmentation does "
-                            "not apply; set train.augment to false (or null for the dataset's default)")
+            raise DataError(
+                f"{ds.name} holds features, not images: random crop + flip augmentation does "
+                "not apply; set train.augment to false (or null for the dataset's default)"
+            )
         self.ds, self.batch_size, self.shuffle, self.augment = ds, batch_size, shuffle, augment
         self.seed, self.epoch, self.drop_last = seed, epoch, drop_last
         self._x = torch.from_numpy(ds.x)

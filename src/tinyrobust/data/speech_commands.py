@@ -164,7 +164,7 @@ def mix_background(clip: np.ndarray, clip_id: str, noises: list[np.ndarray]) -> 
     noise = noises[int(rng.integers(len(noises)))]
     offset = int(rng.integers(0, len(noise) - CLIP_SAMPLES))
     volume = rng.uniform(0, BACKGROUND_VOLUME) if rng.uniform(0, 1) < BACKGROUND_FREQUENCY else 0.0
-    window = noise[offset:offset + CLIP_SAMPLES].astype(np.float64) / 32768.0
+    window = noise[offset : offset + CLIP_SAMPLES].astype(np.float64) / 32768.0
     return np.clip(clip + volume * window, -1.0, 1.0)
 
 
@@ -282,7 +282,7 @@ def label_of(rel: str) -> int:
 
 def silence_windows(noise: np.ndarray) -> list[np.ndarray]:
     """TFDS's silence clips: 1 s windows at a 0.5 s hop (``range(0, len - 16000, 8000)``)."""
-    return [noise[s:s + CLIP_SAMPLES] for s in range(0, len(noise) - CLIP_SAMPLES, SILENCE_HOP)]
+    return [noise[s : s + CLIP_SAMPLES] for s in range(0, len(noise) - CLIP_SAMPLES, SILENCE_HOP)]
 
 
 def _build(split: str, root: Path, source: str, chunk: int = 512) -> ArrayDataset:
@@ -297,17 +297,25 @@ def _build(split: str, root: Path, source: str, chunk: int = 512) -> ArrayDatase
     if split != "test":
         for f, n in zip(noise_files, noises):
             if (f.name == VALIDATION_NOISE) == (split == "validation"):
-                items += [(f"{BACKGROUND_DIR}/{f.name}@{i * SILENCE_HOP}", CLASSES.index(SILENCE), w)
-                          for i, w in enumerate(silence_windows(n))]
+                items += [
+                    (f"{BACKGROUND_DIR}/{f.name}@{i * SILENCE_HOP}", CLASSES.index(SILENCE), w)
+                    for i, w in enumerate(silence_windows(n))
+                ]
     if not items:
         raise DataError(f"split {split!r} of {root} is empty")
     train = split == "train"
     xs, clipped = [], 0
-    bar = tqdm(total=len(items), desc=f"speech_commands {split} features", unit="clip", file=sys.stderr,
-               disable=None, leave=False)
+    bar = tqdm(
+        total=len(items),
+        desc=f"speech_commands {split} features",
+        unit="clip",
+        file=sys.stderr,
+        disable=None,
+        leave=False,
+    )
     for start in range(0, len(items), chunk):
         batch = []
-        for clip_id, _, what in items[start:start + chunk]:
+        for clip_id, _, what in items[start : start + chunk]:
             clip = normalize_clip(read_wav(what) if isinstance(what, Path) else what)
             batch.append(mix_background(clip, clip_id, noises) if train else clip)
         feats, n_clipped = to_unit_range(mfcc(np.stack(batch)))
@@ -316,8 +324,11 @@ def _build(split: str, root: Path, source: str, chunk: int = 512) -> ArrayDatase
         bar.update(len(batch))
     bar.close()
     if clipped:
-        warnings.warn(f"speech_commands {split}: {clipped} MFCC values outside {FEATURE_RANGE} were clipped "
-                      "(clips with a large negative DC offset); see docs/datasets.md", stacklevel=2)
+        warnings.warn(
+            f"speech_commands {split}: {clipped} MFCC values outside {FEATURE_RANGE} were clipped "
+            "(clips with a large negative DC offset); see docs/datasets.md",
+            stacklevel=2,
+        )
     y = np.array([label for _, label, _ in items], dtype=np.int64)
     return ArrayDataset("speech_commands", split, np.concatenate(xs), y, list(CLASSES), source)
 
@@ -331,8 +342,12 @@ def _load_folder(split: str, root: Path, origin: str) -> ArrayDataset:
     files = [root / VALIDATION_LIST, root / TESTING_LIST, *_background_files(root)]
     files += [root / rel for rel in _clip_files(root)]
     # the feature version is part of the key (via the split name), so changed features are rebuilt
-    ds = cached("speech_commands", f"{split}-mfcc-v{FEATURE_VERSION}", [f for f in files if f.is_file()],
-                lambda: _build(split, root, _source(root, split, origin)))
+    ds = cached(
+        "speech_commands",
+        f"{split}-mfcc-v{FEATURE_VERSION}",
+        [f for f in files if f.is_file()],
+        lambda: _build(split, root, _source(root, split, origin)),
+    )
     return replace(ds, split=split)
 
 

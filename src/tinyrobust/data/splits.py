@@ -37,8 +37,10 @@ def validation_indices(labels: np.ndarray, val_size: int, val_seed: int = 0) -> 
     if val_size == 0:
         return np.zeros(0, dtype=np.int64)
     if val_size >= len(labels):
-        raise ConfigError(f"data.val_size: {val_size} leaves no training data (the training split has "
-                          f"{len(labels)} examples); allowed [0, {len(labels) - 1}]")
+        raise ConfigError(
+            f"data.val_size: {val_size} leaves no training data (the training split has "
+            f"{len(labels)} examples); allowed [0, {len(labels) - 1}]"
+        )
     return stratified_subset(labels, val_size, val_seed)
 
 
@@ -66,8 +68,15 @@ def split_dataset(train_ds: ArrayDataset, split: str, val_size: int, val_seed: i
     return _take(train_ds, np.flatnonzero(keep), "train")
 
 
-def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None, *, val_size: int = 0,
-               val_seed: int = 0, download: bool = True) -> ArrayDataset:
+def load_split(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    val_size: int = 0,
+    val_seed: int = 0,
+    download: bool = True,
+) -> ArrayDataset:
     """Split ``"train"`` (without the validation images), ``"val"`` or ``"test"`` of dataset ``name``."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -76,8 +85,9 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     return split_dataset(load_dataset(name, "train", data_dir, download), split, val_size, val_seed)
 
 
-def config_split(cfg: Any, split: str, data_dir: str | os.PathLike | None = None,
-                 download: bool = True) -> ArrayDataset:
+def config_split(
+    cfg: Any, split: str, data_dir: str | os.PathLike | None = None, download: bool = True
+) -> ArrayDataset:
     """What a run's config (``RunConfig``) trains, validates or tests on: ``"train"`` is the training
     split minus ``data.val_size`` validation images, then cut to ``data.train_subset`` (seeded by the
     run's seed); ``"val"`` is the validation images; ``"test"`` is the test split (``test_subset`` is
@@ -94,5 +104,9 @@ def config_split(cfg: Any, split: str, data_dir: str | os.PathLike | None = None
 def split_record(train_labels: np.ndarray, val_size: int, val_seed: int) -> Dict[str, Any]:
     """The ``val_split`` entry of env.json: size, seed and the sha256 of the held-out indices."""
     idx = validation_indices(train_labels, val_size, val_seed)
-    return {"size": int(len(idx)), "seed": int(val_seed), "of": int(len(train_labels)),
-            "indices_sha256": indices_sha256(idx)}
+    return {
+        "size": int(len(idx)),
+        "seed": int(val_seed),
+        "of": int(len(train_labels)),
+        "indices_sha256": indices_sha256(idx),
+    }

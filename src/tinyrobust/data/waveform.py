@@ -69,8 +69,11 @@ def convert_eps(eps: float, src: str, dst: str, peak: float | None = None) -> fl
             raise ValueError(f"unknown eps unit {u!r}; choose one of: {', '.join(UNITS)}")
     if "db" in (src, dst) and not (peak and peak > 0):
         raise ValueError("converting to or from dB below the peak needs the clip's peak sample value (> 0)")
-    samples = {"samples": lambda v: v, "eps255": lambda v: v * SAMPLES_PER_255TH,
-               "db": lambda v: peak * 10 ** (-v / 20)}[src](float(eps))
+    samples = {
+        "samples": lambda v: v,
+        "eps255": lambda v: v * SAMPLES_PER_255TH,
+        "db": lambda v: peak * 10 ** (-v / 20),
+    }[src](float(eps))
     if dst == "samples":
         return samples
     if dst == "eps255":
@@ -113,8 +116,10 @@ def load_waveform_run(run_dir: str | Path) -> WaveformModel:
 
     run = load_run(run_dir)
     if run.cfg.data.dataset != "speech_commands_logmel":
-        raise DataError(f"{run_dir} was trained on {run.cfg.data.dataset!r}; the waveform threat model needs a "
-                        "speech_commands_logmel run")
+        raise DataError(
+            f"{run_dir} was trained on {run.cfg.data.dataset!r}; the waveform threat model needs a "
+            "speech_commands_logmel run"
+        )
     return WaveformModel(run.model).eval()
 
 
@@ -124,23 +129,37 @@ def load_speech_commands_wav(split: str, data_dir: Path, download: bool) -> Arra
     from . import speech_logmel as sl
 
     if split != "test":  # load_dataset already refuses; kept for direct callers
-        raise DataError(f"speech_commands_wav only has a test split (the official test WAVs), not {split!r}; "
-                        "train on speech_commands_logmel")
+        raise DataError(
+            f"speech_commands_wav only has a test split (the official test WAVs), not {split!r}; "
+            "train on speech_commands_logmel"
+        )
     root, origin = sl._test_root(data_dir)
     files = [f for f, _ in sl.test_wav_files(root)]
 
     def build() -> ArrayDataset:
         clips, y, _, _ = sl.read_test_wavs(data_dir)
         x = samples_to_unit(clips.astype(np.float32)).astype(np.float32)[:, None, None, :]
-        return ArrayDataset(WAV_INFO.name, "test", x, y, list(CLASSES),
-                            f"{origin} (official Speech Commands v0.02 12-class test WAVs, centered, as [0, 1] "
-                            "waveforms)")
+        return ArrayDataset(
+            WAV_INFO.name,
+            "test",
+            x,
+            y,
+            list(CLASSES),
+            f"{origin} (official Speech Commands v0.02 12-class test WAVs, centered, as [0, 1] waveforms)",
+        )
 
     return replace(cached(WAV_INFO.name, f"test-v{sl.VERSION}", files, build), split="test")
 
 
-def attack_waveform(run_dir: str | Path, attacks: list[str], eps_samples: list[float], n: int = 100, seed: int = 0,
-                    data_dir: str | None = None, **kw) -> dict:
+def attack_waveform(
+    run_dir: str | Path,
+    attacks: list[str],
+    eps_samples: list[float],
+    n: int = 100,
+    seed: int = 0,
+    data_dir: str | None = None,
+    **kw,
+) -> dict:
     """Attack a ``speech_commands_logmel`` run in the waveform domain (eps in 16-bit sample units):
     the attack code's ``run_attacks`` on ``WaveformModel`` and the official test clips; returns its
     result with ``meta.eps_samples`` and the eps in the attack code's 1/255 units."""
@@ -154,6 +173,12 @@ def attack_waveform(run_dir: str | Path, attacks: list[str], eps_samples: list[f
     x, y = to_tensors(ds, idx)
     eps = [convert_eps(e, "samples", "eps255") for e in eps_samples]
     res = run_attacks(model, x.numpy(), y.numpy(), attacks, eps, seed=seed, **kw)
-    res.setdefault("meta", {}).update({"threat_model": "waveform L-inf on 16-bit samples", "eps_samples":
-                                       list(eps_samples), "eps255": eps, "subset_indices": idx.tolist()})
+    res.setdefault("meta", {}).update(
+        {
+            "threat_model": "waveform L-inf on 16-bit samples",
+            "eps_samples": list(eps_samples),
+            "eps255": eps,
+            "subset_indices": idx.tolist(),
+        }
+    )
     return res

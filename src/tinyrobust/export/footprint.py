@@ -24,6 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from ..paths import portable_path
+
 DEFINITIONS = {
     "weight_kb": "conv/dense weights at their bit width (float = 32), biases, BatchNorm folded into 32-bit "
     "biases, and 32-bit per-channel weight scales of quantized layers",
@@ -202,7 +204,7 @@ def footprint_run(run_dir, *, references: bool = True) -> Dict[str, Any]:
     # images are stored as uint8 pixels; other inputs (e.g. audio features) as 32-bit floats
     bits = 8 if getattr(run.dataset_info, "kind", "image") == "image" else 32
     fp = footprint_table(run.model, run.dataset_info.input_shape, input_bits=bits, name=run.cfg.model.name)
-    fp["run"] = str(run.run_dir)
+    fp["run"] = portable_path(run.run_dir)
     fp["dataset"] = run.cfg.data.dataset
     if references:
         fp["references"] = reference_footprints()

@@ -33,6 +33,8 @@ import torch
 from ..errors import ExportError
 from ..inference import batched_logits
 from ..io_utils import atomic_write, atomic_write_json, check_writable, sha256_file
+from ..paths import portable_path, portable_record
+from ..quant.table import ACT_TABLE, WEIGHT_TABLE
 from ..rundir import versions
 from .onnx_model import INSTALL_EXPORT, detect_format, onnx_predict_fn, require
 
@@ -50,46 +52,16 @@ EXPORT_DEPS = {
     "qonnx": ["onnx", "onnxoptimizer", "onnxruntime", "qonnx"],
 }
 
-# How each weight quantizer appears in each format (None: cannot be expressed). Checked by tests.
-WEIGHT_SUPPORT: Dict[str, Dict[str, Optional[str]]] = {
-    "float": {"onnx": "plain Conv/Gemm, float32 weights", "qonnx": "plain Conv/Gemm, float32 weights"},
-    "intN": {
-        "onnx": "int8 weight tensor -> Clip[-(2^(N-1)-1), 2^(N-1)-1] -> DequantizeLinear (per-channel scale)",
-        "qonnx": "Quant(bit_width=N, signed, narrow, per-channel scale)",
-    },
-    "ternary": {
-        "onnx": "int8 weight tensor -> Clip[-1, 1] -> DequantizeLinear (per-channel scale)",
-        "qonnx": "Quant(bit_width=2, signed, narrow, per-channel scale): {-s, 0, +s}",
-    },
-    "stochastic_ternary": {
-        "onnx": "as ternary (rounding is deterministic at inference)",
-        "qonnx": "as ternary (rounding is deterministic at inference)",
-    },
-    "binary": {"onnx": None, "qonnx": "BipolarQuant (per-channel scale): {-s, +s}"},
-}
-ACT_SUPPORT: Dict[str, Dict[str, str]] = {
-    "float": {"onnx": "Relu", "qonnx": "Relu"},
-    "intN": {
-        "onnx": "Relu -> QuantizeLinear(uint8, per-tensor scale) -> Clip[0, 2^N-1] -> DequantizeLinear",
-        "qonnx": "Relu -> Quant(bit_width=N, unsigned, per-tensor scale)",
-    },
-}
-WHY_NOT = {
-    ("binary", "onnx"): (
-        "standard ONNX QuantizeLinear/DequantizeLinear have no 1-bit bipolar {-s, +s} type and Brevitas "
-        "refuses to export it to QCDQ ('Binary quant not supported'); use --format qonnx (BipolarQuant) "
-        "for FINN/hls4ml, or train this layer with int2/ternary weights for standard ONNX runtimes"
-    ),
-}
-
-
-def _family(quant: str) -> str:
-    return "intN" if quant.startswith("int") else quant
+# How each quantizer appears in each format (None: cannot be expressed), from the quantizer table
+# (quant/table.py: one row per quantizer). Checked by tests.
+WEIGHT_SUPPORT: Dict[str, Dict[str, Optional[str]]] = {q.name: {f: q.support(f) for f in FORMATS} for q in WEIGHT_TABLE}
+ACT_SUPPORT: Dict[str, Dict[str, Optional[str]]] = {q.name: {f: q.support(f) for f in FORMATS} for q in ACT_TABLE}
+WHY_NOT = {(q.name, fmt): why for q in WEIGHT_TABLE for fmt, why in q.why_not.items()}
 
 
 def weight_support(quant: str, fmt: str) -> Optional[str]:
-    """How weight quantizer ``quant`` is expressed in ``fmt``; None if it cannot be."""
-    return WEIGHT_SUPPORT[_family(quant)][fmt]
+    """How weight quantizer ``quant`` is expressed in ``fmt``; None if it cannot."""
+    return WEIGHT_SUPPORT[quant][fmt]
 
 
 def _check_format(fmt: str) -> None:
@@ -107,7 +79,7 @@ def check_exportable(model: torch.nn.Module, fmt: str) -> None:
         if weight_support(lp.weight, fmt) is None:
             raise ExportError(
                 f"cannot export to {fmt}: layer {layer!r} uses the {lp.weight!r} weight quantizer; "
-                f"{WHY_NOT[(_family(lp.weight), fmt)]}"
+                f"{WHY_NOT.get((lp.weight, fmt), 'the format has no such type')}"
             )
     if fmt == "onnx":  # any model: a 1-bit weight quantizer outside the plan
         for name, m in model.named_modules():
@@ -313,7 +285,7 @@ def export_run(
             fmt,
             run.dataset_info.input_shape,
             metadata={
-                "tinyrobust.run": str(run.run_dir),
+                "tinyrobust.run": portable_path(run.run_dir),
                 "tinyrobust.model": run.cfg.model.name,
                 "tinyrobust.dataset": run.cfg.data.dataset,
                 "tinyrobust.classes": ",".join(getattr(test, "classes", [])),
@@ -352,6 +324,8 @@ def export_run(
         **result,
         "versions": versions(EXPORT_PACKAGES),
     }
+    # the record may be committed beside the run: no machine paths in it (paths.portable_record)
+    record = portable_record(record, data_dir or run.cfg.data.data_dir)
     atomic_write_json(verify_path(out), record)
     return record
 

@@ -60,7 +60,7 @@ class FrozenQuantReLU(nn.Module):
         super().__init__()
         self.register_buffer("scale", scale.detach().clone().reshape(()))
         self.bit_width = int(bit_width)
-        self.qmax = float(2 ** self.bit_width - 1)
+        self.qmax = float(2**self.bit_width - 1)
 
     def forward(self, x):
         if torch.is_grad_enabled() and x.requires_grad:
@@ -89,8 +89,10 @@ def _check_disabled(name: str, layer: nn.Module, attrs) -> None:
     for attr in attrs:
         proxy = getattr(layer, attr, None)
         if proxy is not None and getattr(proxy, "is_quant_enabled", False):
-            raise ExportError(f"cannot freeze layer {name!r} ({type(layer).__name__}): its {attr} "
-                              f"{_injector_name(proxy)} is not supported by the frozen path")
+            raise ExportError(
+                f"cannot freeze layer {name!r} ({type(layer).__name__}): its {attr} "
+                f"{_injector_name(proxy)} is not supported by the frozen path"
+            )
 
 
 def _frozen_weight_layer(name: str, layer: nn.Module) -> nn.Module:
@@ -98,8 +100,10 @@ def _frozen_weight_layer(name: str, layer: nn.Module) -> nn.Module:
 
     inj = getattr(layer.weight_quant, "quant_injector", None)
     if not (isinstance(inj, type) and issubclass(inj, _known_weight_quants())):
-        raise ExportError(f"cannot freeze layer {name!r} ({type(layer).__name__}): unknown weight quantizer "
-                          f"{_injector_name(layer.weight_quant)}")
+        raise ExportError(
+            f"cannot freeze layer {name!r} ({type(layer).__name__}): unknown weight quantizer "
+            f"{_injector_name(layer.weight_quant)}"
+        )
     _check_disabled(name, layer, ("input_quant", "output_quant", "bias_quant"))
     with torch.no_grad():
         w = layer.quant_weight().value.detach().clone()
@@ -107,8 +111,16 @@ def _frozen_weight_layer(name: str, layer: nn.Module) -> nn.Module:
     if isinstance(layer, QuantConv2d):
         if layer.padding_mode != "zeros":
             raise ExportError(f"cannot freeze layer {name!r}: padding_mode {layer.padding_mode!r} not supported")
-        new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                        layer.dilation, layer.groups, bias=bias)
+        new = nn.Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            bias=bias,
+        )
     elif isinstance(layer, QuantLinear):
         new = nn.Linear(layer.in_features, layer.out_features, bias=bias)
     else:
@@ -127,21 +139,29 @@ def _frozen_act(name: str, layer: nn.Module) -> nn.Module:
     aq = layer.act_quant
     inj = getattr(aq, "quant_injector", None)
     if not (isinstance(inj, type) and issubclass(inj, Uint8ActPerTensorFloat)):
-        raise ExportError(f"cannot freeze layer {name!r} ({type(layer).__name__}): unknown activation quantizer "
-                          f"{_injector_name(aq)}")
+        raise ExportError(
+            f"cannot freeze layer {name!r} ({type(layer).__name__}): unknown activation quantizer {_injector_name(aq)}"
+        )
     _check_disabled(name, layer, ("input_quant",))
     fused = aq.fused_activation_quant_proxy
     int_quant = getattr(fused.tensor_quant, "int_quant", None)
-    if (not isinstance(fused.activation_impl, nn.ReLU) or int_quant is None
-            or type(int_quant.tensor_clamp_impl) is not TensorClamp
-            or type(int_quant.float_to_int_impl).__name__ != "RoundSte"):
-        raise ExportError(f"cannot freeze layer {name!r} ({type(layer).__name__}): activation quantizer "
-                          f"{_injector_name(aq)} is configured in a way the frozen path does not know")
+    if (
+        not isinstance(fused.activation_impl, nn.ReLU)
+        or int_quant is None
+        or type(int_quant.tensor_clamp_impl) is not TensorClamp
+        or type(int_quant.float_to_int_impl).__name__ != "RoundSte"
+    ):
+        raise ExportError(
+            f"cannot freeze layer {name!r} ({type(layer).__name__}): activation quantizer "
+            f"{_injector_name(aq)} is configured in a way the frozen path does not know"
+        )
     with torch.no_grad():
         scale, bit_width = aq.scale().detach(), int(aq.bit_width())
     if scale.numel() != 1 or bool(int_quant.signed) or bool(int_quant.narrow_range):
-        raise ExportError(f"cannot freeze layer {name!r}: activation quantizer {_injector_name(aq)} is not an "
-                          "unsigned per-tensor quantizer")
+        raise ExportError(
+            f"cannot freeze layer {name!r}: activation quantizer {_injector_name(aq)} is not an "
+            "unsigned per-tensor quantizer"
+        )
     return FrozenQuantReLU(scale, bit_width)
 
 
@@ -157,8 +177,10 @@ def freeze(model: nn.Module) -> nn.Module:
     Raises ExportError, one line, when the model is in training mode or holds a layer or quantizer
     the frozen path does not know (the message names both)."""
     if model.training:
-        raise ExportError("cannot freeze a model in training mode; call model.eval() first (BatchNorm statistics "
-                          "and stochastic quantizers differ between modes)")
+        raise ExportError(
+            "cannot freeze a model in training mode; call model.eval() first (BatchNorm statistics "
+            "and stochastic quantizers differ between modes)"
+        )
     from brevitas.nn import QuantConv2d, QuantLinear, QuantReLU
 
     replacements = {}
@@ -167,8 +189,7 @@ def freeze(model: nn.Module) -> nn.Module:
             replacements[name] = _frozen_weight_layer(name, mod)
         elif isinstance(mod, QuantReLU):
             replacements[name] = _frozen_act(name, mod)
-        elif type(mod).__module__.startswith("brevitas.nn") and not any(
-                name.startswith(r + ".") for r in replacements):
+        elif type(mod).__module__.startswith("brevitas.nn") and not any(name.startswith(r + ".") for r in replacements):
             raise ExportError(f"cannot freeze layer {name!r}: unknown quantized layer {type(mod).__name__}")
     frozen = copy.deepcopy(model)
     for name, new in replacements.items():

@@ -10,5 +10,6 @@ MODELS: Registry = Registry("model")
 
 def build_model(name: str, *, num_classes: int, input_shape, mean, std, quant: QuantConfig | None = None):
     builder = MODELS.get(name)
-    return builder(num_classes=num_classes, input_shape=tuple(input_shape), mean=mean, std=std,
-                   quant=quant or QuantConfig())
+    return builder(
+        num_classes=num_classes, input_shape=tuple(input_shape), mean=mean, std=std, quant=quant or QuantConfig()
+    )

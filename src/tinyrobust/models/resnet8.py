@@ -27,8 +27,9 @@ class _Stack(nn.Module):
         self.c1 = ConvBNAct(cin, cout, 3, stride, plan[f"{prefix}.c1"])
         self.c2 = conv2d(cout, cout, 3, 1, weight=plan[f"{prefix}.c2"].weight)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = (conv2d(cin, cout, 1, stride, padding=0, weight=plan[f"{prefix}.shortcut"].weight)
-                         if stride != 1 else None)
+        self.shortcut = (
+            conv2d(cin, cout, 1, stride, padding=0, weight=plan[f"{prefix}.shortcut"].weight) if stride != 1 else None
+        )
         self.act_out = relu(plan[f"{prefix}.c2"].act)
 
     def forward(self, x):
@@ -40,10 +41,30 @@ class _Stack(nn.Module):
 class ResNet8(TinyModel):
     def __init__(self, num_classes, input_shape, mean, std, quant):
         super().__init__(mean, std)
-        self.weight_layers = ["stem.conv", "stack1.c1.conv", "stack1.c2", "stack2.c1.conv", "stack2.c2",
-                              "stack2.shortcut", "stack3.c1.conv", "stack3.c2", "stack3.shortcut", "fc"]
-        keys = ["stem", "stack1.c1", "stack1.c2", "stack2.c1", "stack2.c2", "stack2.shortcut",
-                "stack3.c1", "stack3.c2", "stack3.shortcut", "fc"]
+        self.weight_layers = [
+            "stem.conv",
+            "stack1.c1.conv",
+            "stack1.c2",
+            "stack2.c1.conv",
+            "stack2.c2",
+            "stack2.shortcut",
+            "stack3.c1.conv",
+            "stack3.c2",
+            "stack3.shortcut",
+            "fc",
+        ]
+        keys = [
+            "stem",
+            "stack1.c1",
+            "stack1.c2",
+            "stack2.c1",
+            "stack2.c2",
+            "stack2.shortcut",
+            "stack3.c1",
+            "stack3.c2",
+            "stack3.shortcut",
+            "fc",
+        ]
         plan = plan_layers(quant, keys, paths=self.weight_layers)
         self.plan = dict(zip(self.weight_layers, plan.values()))
         self.stem = ConvBNAct(input_shape[0], 16, 3, 1, plan["stem"])

@@ -19,21 +19,21 @@ All of them pass gradients with straight-through estimators, which is what white
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import brevitas
 import torch.nn as nn
-from brevitas.function.ops_ste import binary_sign_ste
-from torch import Tensor
-from brevitas.inject.enum import FloatToIntImplType, ScalingImplType, StatsOp
-from brevitas.quant import Int8WeightPerChannelFloat, Uint8ActPerTensorFloat
-from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
 from brevitas.core.function_wrapper import TensorClamp
 from brevitas.core.quant import BinaryQuant
 from brevitas.core.scaling import ScalingPerOutputType
+from brevitas.function.ops_ste import binary_sign_ste
+from brevitas.inject.enum import FloatToIntImplType, ScalingImplType, StatsOp
+from brevitas.quant import Int8WeightPerChannelFloat
+from brevitas.quant.binary import SignedBinaryWeightPerTensorConst
+from torch import Tensor
 
-from ..config import ACT_QUANTS, WEIGHT_QUANTS
 from ..errors import ConfigError
+from .table import ACTS, WEIGHTS, Quantizer, resolve
 
 
 class TernaryWeight(Int8WeightPerChannelFloat):
@@ -74,42 +74,38 @@ class BinaryWeight(SignedBinaryWeightPerTensorConst):
 
 def weight_bits(name: str) -> int:
     """Storage bits per weight for a quantizer name (float is stored as 32-bit)."""
-    _check(name, WEIGHT_QUANTS, "weight quantizer")
-    if name == "float":
-        return 32
-    if name in ("ternary", "stochastic_ternary"):
-        return 2
-    if name == "binary":
-        return 1
-    return int(name[3:])
+    return _row(name, WEIGHTS, "weight quantizer").bits
 
 
 def act_bits(name: str) -> int:
-    _check(name, ACT_QUANTS, "activation quantizer")
-    return 32 if name == "float" else int(name[3:])
+    return _row(name, ACTS, "activation quantizer").bits
 
 
-def _check(name: str, valid: list[str], what: str) -> None:
-    if name not in valid:
-        raise ConfigError(f"unknown {what} {name!r}; choose one of: {', '.join(valid)}")
+def _row(name: str, table: Dict[str, Quantizer], what: str) -> Quantizer:
+    if name not in table:
+        raise ConfigError(f"unknown {what} {name!r}; choose one of: {', '.join(table)}")
+    return table[name]
 
 
 def weight_quant_kwargs(name: str) -> dict:
     """Keyword arguments for a Brevitas QuantConv2d/QuantLinear (empty dict: use a float layer)."""
-    _check(name, WEIGHT_QUANTS, "weight quantizer")
-    if name == "float":
+    q = _row(name, WEIGHTS, "weight quantizer")
+    if q.brevitas is None:
         return {}
-    if name == "ternary":
-        return {"weight_quant": TernaryWeight}
-    if name == "stochastic_ternary":
-        return {"weight_quant": StochasticTernaryWeight}
-    if name == "binary":
-        return {"weight_quant": BinaryWeight}
-    return {"weight_quant": Int8WeightPerChannelFloat, "weight_bit_width": int(name[3:])}
+    return {"weight_quant": resolve(q.brevitas), **q.layer_kwargs}
 
 
-def conv2d(cin: int, cout: int, k: int, stride: int = 1, padding: Optional[int] = None, *, weight: str = "float",
-           bias: bool = False, groups: int = 1) -> nn.Module:
+def conv2d(
+    cin: int,
+    cout: int,
+    k: int,
+    stride: int = 1,
+    padding: Optional[int] = None,
+    *,
+    weight: str = "float",
+    bias: bool = False,
+    groups: int = 1,
+) -> nn.Module:
     padding = k // 2 if padding is None else padding
     kw = weight_quant_kwargs(weight)
     if not kw:
@@ -129,13 +125,13 @@ def linear(cin: int, cout: int, *, weight: str = "float", bias: bool = True) -> 
 
 
 def relu(act: str = "float") -> nn.Module:
-    _check(act, ACT_QUANTS, "activation quantizer")
-    if act == "float":
+    q = _row(act, ACTS, "activation quantizer")
+    if q.brevitas is None:
         return nn.ReLU(inplace=False)
     from brevitas.nn import QuantReLU
 
-    return QuantReLU(act_quant=Uint8ActPerTensorFloat, bit_width=int(act[3:]))
+    return QuantReLU(act_quant=resolve(q.brevitas), **q.layer_kwargs)
 
 
 def is_stochastic(weight: str) -> bool:
-    return weight == "stochastic_ternary"
+    return weight in WEIGHTS and WEIGHTS[weight].stochastic

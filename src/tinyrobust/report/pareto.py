@@ -21,6 +21,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..io_utils import sha256_file
+from ..rundir import CONFIG_FILE, ROBUSTNESS_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from .compare import _indices, check_schema, ekey, masked, worst_case
 from .stats import accuracy_with_ci, format_ci, wilson
 
@@ -55,7 +57,7 @@ def recompute_weight_kb(run_dir: Path) -> float:
     from ..export.footprint import footprint_table
     from ..models import build_model
 
-    cfg = load_config(Path(run_dir) / "config.yaml")
+    cfg = load_config(Path(run_dir) / CONFIG_FILE)
     info = dataset_info(cfg.data.dataset)
     model = build_model(
         cfg.model.name,
@@ -77,7 +79,7 @@ def weight_kb(run_dir: Path, summary: Optional[Dict[str, Any]]) -> Tuple[Optiona
     try:
         kb = recompute_weight_kb(run_dir)
     except Exception as exc:  # noqa: BLE001 - a run we cannot rebuild keeps its older figure, marked
-        why = "no config.yaml" if not (Path(run_dir) / "config.yaml").is_file() else type(exc).__name__
+        why = f"no {CONFIG_FILE}" if not (Path(run_dir) / CONFIG_FILE).is_file() else type(exc).__name__
         return (None, f"unknown: {why}") if old is None else (float(old), f"older count: model not rebuilt, {why}")
     same = old is not None and abs(float(old) - kb) <= 1e-6 * max(1.0, kb)
     return kb, "summary" if same else "recomputed"
@@ -91,7 +93,7 @@ def _cfg_facts(run_dir: Path, fallback: Optional[Dict[str, Any]] = None) -> Dict
     try:
         from ..config import config_to_dict, load_config
 
-        raw = config_to_dict(load_config(Path(run_dir) / "config.yaml"))
+        raw = config_to_dict(load_config(Path(run_dir) / CONFIG_FILE))
     except Exception:  # noqa: BLE001 - not trained yet or not a run: the grid's config
         raw = fallback or {}
     q = (raw.get("model") or {}).get("quant") or {}
@@ -123,16 +125,14 @@ def _extra_reason(
     res: Dict[str, Any], run_dir: Path, ref: Optional[Dict[str, Any]], common: List[str], eps: List[float]
 ) -> Optional[str]:
     """Why an extra run's robustness.json cannot join the report's comparison (None: it can)."""
-    from .render import sha256_file
-
     try:
-        check_schema(run_dir.name, res, "robustness.json")
+        check_schema(run_dir.name, res, ROBUSTNESS_FILE)
     except Exception as exc:  # noqa: BLE001
         return str(exc)
     want = (res.get("meta") or {}).get("model_sha256")
-    weights = run_dir / "model.safetensors"
+    weights = run_dir / WEIGHTS_FILE
     if not want or (weights.is_file() and sha256_file(weights) != want):
-        return "robustness.json is stale or has no model_sha256 (attack the run again)"
+        return f"{ROBUSTNESS_FILE} is stale or has no model_sha256 (attack the run again)"
     if ref is None:
         return "no model of the report was attacked"
     missing = [a for a in common if a not in res.get("attacks", {})]
@@ -221,12 +221,12 @@ def collect_points(data: Dict[str, Any], out: Path, extra_runs: Sequence[Path] =
     keys = {p["key"] for p in points}
     for run in extra_runs:
         run = Path(run)
-        summary = _load(run / "summary.json")
+        summary = _load(run / SUMMARY_FILE)
         if summary is None:
             continue  # not a finished run
         key = run.name if run.name not in keys else f"{run.parent.name}/{run.name}"
         keys.add(key)
-        res = _load(run / "robustness.json")
+        res = _load(run / ROBUSTNESS_FILE)
         kb, kb_source = weight_kb(run, summary)
         pt = {
             "key": key,

@@ -11,7 +11,6 @@ embedded in the HTML as base64 and written beside the Markdown.
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import json
@@ -20,7 +19,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import TinyRobustError
-from ..io_utils import atomic_write, atomic_write_json, atomic_write_text
+from ..io_utils import atomic_write, atomic_write_json, atomic_write_text, sha256_file
+from ..paths import portable_record, portable_text
+from ..rundir import ROBUSTNESS_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from .compare import MASKING_NOTE, check_schema, compare, cumulative, ekey, faced, masked, survived_both
 from .grid import Grid
 from .stats import format_ci
@@ -44,34 +45,26 @@ def _load(path: Path) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def check_fresh(out: Path, key: str, res: Dict[str, Any], name: str = "robustness.json") -> None:
+def check_fresh(out: Path, key: str, res: Dict[str, Any], name: str = ROBUSTNESS_FILE) -> None:
     """Refuse attack results computed on other weights than the run's (or from another surrogate)."""
     where = f"attacks/{key}/{name}"
     meta = res.get("meta") or {}
-    weights = out / "runs" / key / "model.safetensors"
+    weights = out / "runs" / key / WEIGHTS_FILE
     want = meta.get("model_sha256")
     if not want:
         raise TinyRobustError(f"{where} records no model_sha256: attack model {key} again with this version")
     if weights.is_file() and sha256_file(weights) != want:
         raise TinyRobustError(
-            f"{where} is stale: it was computed on other weights than runs/{key}/model.safetensors "
+            f"{where} is stale: it was computed on other weights than runs/{key}/{WEIGHTS_FILE} "
             f"(sha256 {want[:12]} vs {sha256_file(weights)[:12]}); attack {key} again "
             f"(tinyrobust reproduce --stages attack)"
         )
     for skey, s in (meta.get("surrogates") or {}).items():
-        sw = out / "runs" / skey / "model.safetensors"
+        sw = out / "runs" / skey / WEIGHTS_FILE
         if sw.is_file() and s.get("sha256") and sha256_file(sw) != s["sha256"]:
             raise TinyRobustError(
                 f"{where} is stale: its transfer@{skey} used other surrogate weights than "
-                f"runs/{skey}/model.safetensors; attack {key} again"
+                f"runs/{skey}/{WEIGHTS_FILE}; attack {key} again"
             )
 
 
@@ -79,11 +72,11 @@ def collect(grid: Grid, out: Path, budget: Optional[str] = None) -> Dict[str, An
     """Gather every model's training summary and attack results into one JSON-able dict, and compare them."""
     models = []
     for m in grid.models:
-        summary = _load(out / "runs" / m.key / "summary.json")
-        attacks = _load(out / "attacks" / m.key / "robustness.json")
+        summary = _load(out / "runs" / m.key / SUMMARY_FILE)
+        attacks = _load(out / "attacks" / m.key / ROBUSTNESS_FILE)
         onnx = _load(out / "attacks" / m.key / "robustness_onnx.json")
         if attacks is not None:
-            check_schema(m.key, attacks, f"attacks/{m.key}/robustness.json")
+            check_schema(m.key, attacks, f"attacks/{m.key}/{ROBUSTNESS_FILE}")
             check_fresh(out, m.key, attacks)
         if onnx is not None:
             check_schema(m.key, onnx, f"attacks/{m.key}/robustness_onnx.json")
@@ -513,7 +506,7 @@ def footprint(grid: Grid, out: Path) -> Table:
     head = ["model", "precision", "params", "weight KB", "peak act KB", "double buffer KB"]
     rows = []
     for m in grid.models:
-        if not (out / "runs" / m.key / "model.safetensors").is_file():
+        if not (out / "runs" / m.key / WEIGHTS_FILE).is_file():
             continue
         fp = footprint_run(out / "runs" / m.key, references=False)
         q = m.config.get("model", {}).get("quant", {})
@@ -633,9 +626,16 @@ def _sections(
     return s
 
 
-def write_report(grid: Grid, budget: str, out: Path, extra_runs: Optional[List[str | Path]] = None) -> Path:
+def write_report(
+    grid: Grid,
+    budget: str,
+    out: Path,
+    extra_runs: Optional[List[str | Path]] = None,
+    data_dir: Optional[str | Path] = None,
+) -> Path:
     """``extra_runs``: run folders (or glob patterns) drawn on the Pareto plots beside the grid's
-    models, added to the grid's ``pareto_runs`` (relative ones taken from ``out``)."""
+    models, added to the grid's ``pareto_runs`` (relative ones taken from ``out``). Every path the
+    report writes is made portable (paths.py; ``data_dir``: the data directory the runs read)."""
     from . import pareto
 
     out = Path(out)
@@ -650,15 +650,13 @@ def write_report(grid: Grid, budget: str, out: Path, extra_runs: Optional[List[s
     pngs.update(pareto_pngs)
     for name, blob in pngs.items():
         atomic_write(out / name, lambda tmp, b=blob: Path(tmp).write_bytes(b))
-    atomic_write_json(
-        out / "report.json",
-        {
-            "tables": {k: {"header": v[0], "rows": v[1]} for k, v in t.items()},
-            "comparison": data["comparison"],
-            "pareto": front,
-            "data": data,
-        },
-    )
+    record = {
+        "tables": {k: {"header": v[0], "rows": v[1]} for k, v in t.items()},
+        "comparison": data["comparison"],
+        "pareto": front,
+        "data": data,
+    }
+    atomic_write_json(out / "report.json", portable_record(record, data_dir))
     ctx = _context(grid, budget, out, data)
     sections = _sections(
         data, t, pareto.notes(front) + [f"Plots: {', '.join(pareto_pngs) or 'none (no point has a value)'}."]
@@ -673,7 +671,7 @@ def write_report(grid: Grid, budget: str, out: Path, extra_runs: Optional[List[s
             md += [md_table(tab), ""]
     for name in pngs:
         md += [f"![{name}]({name})", ""]
-    atomic_write_text(out / "report.md", "\n".join(md))
+    atomic_write_text(out / "report.md", portable_text("\n".join(md), data_dir))
 
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
@@ -696,5 +694,5 @@ def write_report(grid: Grid, budget: str, out: Path, extra_runs: Optional[List[s
         f"<!doctype html><html><head><meta charset='utf-8'><title>tinyrobust {html.escape(grid.dataset)}</title>"
         f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
     )
-    atomic_write_text(out / "report.html", page)
+    atomic_write_text(out / "report.html", portable_text(page, data_dir))
     return out / "report.md"

@@ -8,8 +8,6 @@ reproduce run killed at any point and started again continues from the finished 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -17,7 +15,10 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import RunLocked, TinyRobustError
 from ..io_utils import atomic_write_json, check_writable
+from ..paths import portable_path, portable_record
 from ..resources import configs_dir as configs_dir_of
+from ..rundir import CONFIG_FILE, WEIGHTS_FILE, is_finished, run_lock
+from ..rundir import machine as rundir_machine
 from .grid import Grid, GridModel, load_grid
 
 STAGES = ("train", "attack", "report")
@@ -36,11 +37,7 @@ def grid_path(dataset: str, configs_dir: Optional[str | Path] = None) -> Path:
 
 def machine() -> Dict[str, Any]:
     """What the report names as the machine: OS, CPU, core count and the accelerator when one is used."""
-    info: Dict[str, Any] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-    }
+    info = rundir_machine()
     try:
         import torch
 
@@ -51,15 +48,20 @@ def machine() -> Dict[str, Any]:
     return info
 
 
-def portable(arg: str | Path) -> str:
-    """A path under the working directory written relative to it (committed results carry no machine paths)."""
-    p = Path(arg)
-    if p.is_absolute():
-        try:
-            return str(p.resolve().relative_to(Path.cwd().resolve()))
-        except ValueError:
-            return str(arg)
-    return str(arg)
+def portable(arg: str | Path, data_dir: Optional[str | Path] = None) -> str:
+    """A path (or an argument holding one) as committed results write it: relative under the working
+    directory, ``$TINYROBUST_DATA/...`` under the data directory, ``~/...`` under home (paths.py)."""
+    return portable_path(arg, data_dir)
+
+
+def _grid_record(path: Path, data_dir: Optional[str | Path] = None) -> str:
+    """The grid file as reproduce.json names it: portable (see :func:`portable`); a grid shipped inside
+    an installed package (outside the working directory) as ``tinyrobust:configs/<name>``."""
+    p, base = Path(path).resolve(), configs_dir_of().resolve()
+    rec = portable(p, data_dir)
+    if Path(rec).is_absolute() and p.is_relative_to(base):
+        return f"tinyrobust:configs/{p.relative_to(base).as_posix()}"
+    return rec
 
 
 def _log(msg: str) -> None:
@@ -84,7 +86,7 @@ def check_run_matches(run_dir: Path, cfg, key: str) -> None:
     label. Error naming what differs and how to go on."""
     from ..config import config_to_dict, load_config
 
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_FILE
     if not path.is_file():
         return
     diffs = config_drift(config_to_dict(load_config(path)), config_to_dict(cfg))
@@ -120,7 +122,7 @@ def train_stage(
     for i, m in enumerate(models, 1):
         run_dir = out / "runs" / m.key
         cfg = grid.run_config(m, budget)
-        if (run_dir / "summary.json").is_file():
+        if is_finished(run_dir):
             _log(f"train {i}/{len(models)} {m.key}: finished run reused")
         else:
             _log(f"train {i}/{len(models)} {m.key}: training ({cfg.train.epochs} epochs)")
@@ -170,16 +172,15 @@ def attack_stage(
     is skipped (run the stage again later), so no model is attacked with a smaller attack set than
     the others. Finished attacks are reused (``robustness_parts/``, keyed by the weights' hash)."""
     from ..attacks.evaluate import attack_run
-    from ..train.loop import run_lock
 
     b = grid.budget(budget)
-    ready = [s for s in grid.surrogates if (out / "runs" / s / "model.safetensors").is_file()]
+    ready = [s for s in grid.surrogates if (out / "runs" / s / WEIGHTS_FILE).is_file()]
     results = {}
     models = grid.models if models is None else models
     cascade = grid.cascade(budget)
     for i, m in enumerate(models, 1):
         run_dir = out / "runs" / m.key
-        if not (run_dir / "model.safetensors").is_file():
+        if not (run_dir / WEIGHTS_FILE).is_file():
             _log(f"attack {i}/{len(models)} {m.key}: not trained yet, skipped")
             continue
         names = grid.model_attacks(budget, m.key)
@@ -285,9 +286,9 @@ def reproduce(
         {
             "dataset": dataset,
             "budget": budget,
-            "grid": portable(grid.path),
+            "grid": _grid_record(grid.path, data_dir),
             "seed": seed,
-            "command": "tinyrobust reproduce " + " ".join(portable(a) for a in sys.argv[2:])
+            "command": "tinyrobust reproduce " + " ".join(portable(a, data_dir) for a in sys.argv[2:])
             if sys.argv[1:2] == ["reproduce"]
             else None,
             "machine": machine(),
@@ -299,11 +300,11 @@ def reproduce(
         attack_stage(grid, budget, out, data_dir, seed, progress, chosen)
     meta.setdefault("stage_seconds", {})
     meta["stage_seconds"]["+".join(stages) + "@" + time.strftime("%Y-%m-%dT%H:%M:%S")] = round(time.time() - t0, 1)
-    atomic_write_json(meta_path, meta)
+    atomic_write_json(meta_path, portable_record(meta, data_dir))
     if "report" in stages:
         from .render import write_report
 
-        report = write_report(grid, budget, out, extra_runs=extra_runs)
+        report = write_report(grid, budget, out, extra_runs=extra_runs, data_dir=data_dir)
         _log(f"report written: {report} (and {report.with_suffix('.html')})")
         return report
     return out

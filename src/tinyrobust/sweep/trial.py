@@ -57,10 +57,10 @@ def score_run(
 
     from ..attacks.runner import eps_key, run_attacks
     from ..data.loader import stratified_subset
+    from ..inference import batched_accuracy
     from ..report.stats import wilson
     from ..runs import load_run
     from ..train.jacobian import frobenius_estimate
-    from ..train.loop import evaluate_accuracy
 
     loaded = load_run(run_dir)
     model = loaded.model
@@ -71,7 +71,7 @@ def score_run(
         if ev["clean_n"] is None or ev["clean_n"] >= len(y)
         else stratified_subset(y, ev["clean_n"], ev["seed"])
     )
-    clean = evaluate_accuracy(model, torch.from_numpy(x[clean_idx]), torch.from_numpy(y[clean_idx]))
+    clean = batched_accuracy(model, torch.from_numpy(x[clean_idx]), torch.from_numpy(y[clean_idx]))
     n = min(ev["n"], len(y))
     idx = stratified_subset(y, n, ev["seed"])  # nested: the first k of n are the k-subset (same seed)
     out: Dict[str, Any] = {
@@ -124,7 +124,9 @@ def score_run(
 def _train_seconds(run_dir: Path) -> float:
     """Training seconds over every session (sum of per-epoch times in metrics.jsonl)."""
     total = 0.0
-    p = Path(run_dir) / "metrics.jsonl"
+    from ..rundir import METRICS_FILE
+
+    p = Path(run_dir) / METRICS_FILE
     if p.is_file():
         for line in p.read_text().splitlines():
             try:
@@ -150,7 +152,8 @@ def execute_trial(payload: Dict[str, Any]) -> Dict[str, Any]:
 
         torch.set_num_threads(threads)
         from ..config import config_from_dict
-        from ..train.loop import SUMMARY_FILE, train_run
+        from ..rundir import SUMMARY_FILE
+        from ..train.loop import train_run
 
         done = read_result(run_dir)
         if done and done.get("status") == "done":

@@ -72,16 +72,25 @@ def _uniform_start(x: torch.Tensor, eps: float, gen: torch.Generator) -> torch.T
     return (x + noise).clamp_(0.0, 1.0)
 
 
-def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float,
-            gen: torch.Generator) -> torch.Tensor:
+def fgsm_rs(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, gen: torch.Generator
+) -> torch.Tensor:
     """FGSM from a uniform random start (Wong et al. 2020); eps and step in [0, 1] pixel units."""
     x0 = _uniform_start(x, eps, gen)
     g = _input_grad(model, x0, lambda out: F.cross_entropy(out, y))
     return _project(x0 + step * g.sign(), x, eps).detach()
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int,
-        gen: torch.Generator, random_start: bool = True) -> torch.Tensor:
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    step: float,
+    steps: int,
+    gen: torch.Generator,
+    random_start: bool = True,
+) -> torch.Tensor:
     """L-inf PGD on the cross-entropy (Madry et al. 2018); eps and step in [0, 1] pixel units."""
     x_adv = _uniform_start(x, eps, gen) if random_start else x.clone()
     for _ in range(steps):
@@ -90,8 +99,15 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: fl
     return x_adv.detach()
 
 
-def trades_perturb(model: nn.Module, x: torch.Tensor, clean_logits: torch.Tensor, eps: float, step: float,
-                   steps: int, gen: torch.Generator) -> torch.Tensor:
+def trades_perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    clean_logits: torch.Tensor,
+    eps: float,
+    step: float,
+    steps: int,
+    gen: torch.Generator,
+) -> torch.Tensor:
     """TRADES' inner maximisation: PGD on KL(f(x) || f(x')) from x + 0.001 N(0, 1)."""
     p_clean = F.softmax(clean_logits.detach(), dim=1)
     x_adv = (x + 0.001 * torch.randn(x.shape, generator=gen, dtype=x.dtype)).clamp_(0.0, 1.0)
@@ -114,8 +130,16 @@ class StepOutput:
     trades_kl: Optional[float] = None
 
 
-def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, adv: Any, jr: Any,
-                  label_smoothing: float = 0.0, generator: Optional[torch.Generator] = None) -> StepOutput:
+def training_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    adv: Any,
+    jr: Any,
+    label_smoothing: float = 0.0,
+    generator: Optional[torch.Generator] = None,
+) -> StepOutput:
     """The loss of one training step (``adv``: a config's ``train.adversarial``, ``jr``: its ``jr``).
 
     With ``adv.method == "none"`` this is exactly the plain QAT (+JR) step: same operations, same
@@ -149,8 +173,15 @@ def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, adv: An
         loss = ce + adv.beta * kl
         if penalty is not None:
             loss = loss + penalty
-        return StepOutput(loss, ce, penalty, parts, int((logits.argmax(1) == y).sum().item()),
-                          int((adv_logits.argmax(1) == y).sum().item()), float(kl.detach()))
+        return StepOutput(
+            loss,
+            ce,
+            penalty,
+            parts,
+            int((logits.argmax(1) == y).sum().item()),
+            int((adv_logits.argmax(1) == y).sum().item()),
+            float(kl.detach()),
+        )
     raise ValueError(f"unknown adversarial method {adv.method!r}")
 
 
@@ -168,8 +199,16 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def robust_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
-                 gen: torch.Generator, batch_size: int = 250) -> Dict[str, Any]:
+def robust_check(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    gen: torch.Generator,
+    batch_size: int = 250,
+) -> Dict[str, Any]:
     """PGD-``steps`` (random start, step 2.5 eps / steps) against the model in eval mode, the way it
     is deployed and attacked later; eps in pixel units /255. Clean and robust accuracy with 95%
     Wilson intervals. The model's train/eval mode is restored; no parameter gradient is touched."""
@@ -179,7 +218,7 @@ def robust_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: flo
     clean = robust = 0
     try:
         for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
             with torch.no_grad():
                 ok = model(xb).argmax(1) == yb
             x_adv = pgd(model, xb, yb, e, s, steps, gen)
@@ -190,5 +229,11 @@ def robust_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: flo
     finally:
         model.train(was)
     n = len(y)
-    return {"n": n, "eps": eps, "steps": steps, "clean_accuracy": clean / max(1, n),
-            "robust_accuracy": robust / max(1, n), "robust_ci95": list(wilson_interval(robust, n))}
+    return {
+        "n": n,
+        "eps": eps,
+        "steps": steps,
+        "clean_accuracy": clean / max(1, n),
+        "robust_accuracy": robust / max(1, n),
+        "robust_ci95": list(wilson_interval(robust, n)),
+    }

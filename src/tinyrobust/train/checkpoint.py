@@ -4,7 +4,8 @@
   ``state_dict`` leaves out, torch thread count); written to a temp file and renamed, so a kill
   leaves the previous checkpoint intact; read with ``torch.load(weights_only=True)``, which
   refuses pickled code.
-- ``model.safetensors``: final weights, the file other commands read (safetensors holds only tensors).
+- ``model.safetensors``: final weights, the file other commands read (safetensors holds only tensors);
+  written and read by :mod:`tinyrobust.rundir` (``save_weights``/``load_weights``, re-exported here).
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from pathlib import Path
 from typing import Any, Dict
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
 from ..io_utils import atomic_write
+from ..rundir import load_weights, save_weights  # noqa: F401  (the weights file is rundir's; re-exported)
 
 
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
@@ -66,8 +66,11 @@ def quant_runtime_state(model: torch.nn.Module) -> Dict[str, Dict[str, Any]]:
     out: Dict[str, Dict[str, Any]] = {}
     for name, m in model.named_modules():
         if isinstance(m, ParameterFromRuntimeStatsScaling):
-            out[name] = {"counter": int(m.counter), "buffer": m.buffer.detach().clone(),
-                         "value": m.value.detach().clone()}
+            out[name] = {
+                "counter": int(m.counter),
+                "buffer": m.buffer.detach().clone(),
+                "value": m.value.detach().clone(),
+            }
     return out
 
 
@@ -83,22 +86,3 @@ def restore_quant_runtime_state(model: torch.nn.Module, state: Dict[str, Dict[st
             m.buffer.copy_(s["buffer"])
             m.value.copy_(s["value"])
         m.counter = int(s["counter"])
-
-
-def save_weights(path: Path, model: torch.nn.Module) -> None:
-    tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp))
-
-
-def load_weights(path: Path, model: torch.nn.Module) -> None:
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} not found (is the run finished? resume it with `tinyrobust train --resume`)")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt or not a safetensors file ({exc})") from None
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
-        raise CheckpointError(f"{path}: weights do not match the run's model ({detail[:300]})") from None

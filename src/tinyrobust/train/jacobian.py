@@ -27,8 +27,9 @@ import torch
 import torch.nn as nn
 
 
-def frobenius_estimate(outputs: torch.Tensor, inputs: torch.Tensor, n_proj: int = 1,
-                       create_graph: bool = True) -> torch.Tensor:
+def frobenius_estimate(
+    outputs: torch.Tensor, inputs: torch.Tensor, n_proj: int = 1, create_graph: bool = True
+) -> torch.Tensor:
     """Per-sample estimate of ||d outputs_i / d inputs_i||_F^2, shape (B,).
 
     ``outputs[i]`` must depend on ``inputs[i]`` only (true for a model in eval mode; in training,
@@ -62,8 +63,7 @@ def capture_blocks(blocks: Dict[str, nn.Module]) -> Iterator[Dict[str, Tuple[tor
     seen: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
     hooks: List = []
     for name, mod in blocks.items():
-        hooks.append(mod.register_forward_hook(
-            lambda m, inp, out, name=name: seen.__setitem__(name, (inp[0], out))))
+        hooks.append(mod.register_forward_hook(lambda m, inp, out, name=name: seen.__setitem__(name, (inp[0], out))))
     try:
         yield seen
     finally:
@@ -85,8 +85,7 @@ def frozen_statistics(model: nn.Module) -> Iterator[None]:
     variance or counter; Brevitas' activation scales, in their statistics-collection phase, use the
     pass's statistics without adding them to the buffer or advancing the counter (Brevitas'
     ``local_loss_mode``). For the penalty's side pass, so that the main pass alone trains them."""
-    bns = [m for m in model.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     stats = [m for m in model.modules() if hasattr(m, "local_loss_mode")]
     old_modes = [m.local_loss_mode for m in stats]
     try:
@@ -117,8 +116,15 @@ def check_jr_layers(model: nn.Module, layers: Dict[str, float] | None) -> Dict[s
     return blocks_all
 
 
-def jacobian_penalty(model: nn.Module, x: torch.Tensor, logits_fn=None, *, weight: float = 0.0,
-                     layers: Dict[str, float] | None = None, n_proj: int = 1):
+def jacobian_penalty(
+    model: nn.Module,
+    x: torch.Tensor,
+    logits_fn=None,
+    *,
+    weight: float = 0.0,
+    layers: Dict[str, float] | None = None,
+    n_proj: int = 1,
+):
     """Forward ``x`` through ``model`` and return (logits, penalty, parts).
 
     penalty = sum_k lambda_k / 2 * mean_batch(estimate_k); ``parts`` maps "network" and each block
@@ -145,8 +151,15 @@ def jacobian_penalty(model: nn.Module, x: torch.Tensor, logits_fn=None, *, weigh
     return logits, penalty, parts
 
 
-def training_forward(model: nn.Module, x: torch.Tensor, *, weight: float = 0.0,
-                     layers: Dict[str, float] | None = None, n_proj: int = 1, batch_fraction: float = 1.0):
+def training_forward(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    weight: float = 0.0,
+    layers: Dict[str, float] | None = None,
+    n_proj: int = 1,
+    batch_fraction: float = 1.0,
+):
     """(logits, penalty or None, parts) for one training step.
 
     With ``batch_fraction`` 1 the penalty shares the batch's forward pass (Hoffman et al.); below 1

@@ -12,54 +12,41 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: F401  (tests patch loop.F.cross_entropy; the loss lives in adversarial.py)
 from tqdm import tqdm
 
-from .. import __version__
 from ..config import RunConfig, dump_config, load_config
-from ..errors import CheckpointError, ConfigError, RunLocked, TinyRobustError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, TinyRobustError, TrainingDiverged
+from ..inference import batched_accuracy
 from ..io_utils import append_jsonl, atomic_write_json, atomic_write_text, check_writable
+from ..paths import portable_text
+
+# the run-directory contract lives in rundir.py; re-exported here for `loop.SUMMARY_FILE` etc.
+from ..rundir import (  # noqa: F401
+    BEST_ROBUST_WEIGHTS_FILE,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    ENV_FILE,
+    LAST_WEIGHTS_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    WEIGHTS_FILE,
+    environment,
+    load_weights,
+    read_summary,
+    run_lock,
+    save_weights,
+)
 from .adversarial import adversarial_generator, robust_check, step_size_of, training_step
-from .checkpoint import (load_checkpoint, load_weights, quant_runtime_state, restore_quant_runtime_state,
-                         save_checkpoint, save_weights)
+from .checkpoint import load_checkpoint, quant_runtime_state, restore_quant_runtime_state, save_checkpoint
 from .jacobian import check_jr_layers
-
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_FILE = "checkpoint.pt"
-WEIGHTS_FILE = "model.safetensors"
-BEST_ROBUST_WEIGHTS_FILE = "model_best_robust.safetensors"  # adversarial training: best per-epoch PGD check
-LAST_WEIGHTS_FILE = "model_last.safetensors"  # adversarial training with the check: the last epoch's weights
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-ENV_FILE = "env.json"
-
-
-def environment(threads: int, seed: int) -> Dict[str, Any]:
-    import brevitas
-
-    return {
-        "tinyrobust": __version__,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "brevitas": brevitas.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "seed": seed,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
 
 
 def _threads(cfg: RunConfig) -> int:
@@ -89,7 +76,7 @@ def lr_at(cfg: RunConfig, step: int, total_steps: int, steps_per_epoch: int) -> 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = cfg.train
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         # no weight decay on BN/bias/quantizer scales: decaying a learned scale shrinks the grid
         (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -107,15 +94,9 @@ def reseed_stochastic_quantizers(model: torch.nn.Module, seed: int) -> None:
             m.generator.manual_seed(seed + i)
 
 
-@torch.no_grad()
 def evaluate_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    was = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
-    model.train(was)
-    return correct / max(1, len(x))
+    """Top-1 accuracy in eval mode, training flag restored (the one batched loop, inference.py)."""
+    return batched_accuracy(model, x, y, batch_size)
 
 
 @dataclass
@@ -157,8 +138,14 @@ def prepare(cfg: RunConfig, data_dir: Optional[str] = None, need_train: bool = T
     if cfg.data.test_subset and cfg.data.test_subset < len(test_ds):
         idx = stratified_subset(test_ds.y, cfg.data.test_subset, cfg.seed)
     test_x, test_y = to_tensors(test_ds, idx)
-    model = build_model(cfg.model.name, num_classes=info.num_classes, input_shape=info.input_shape,
-                        mean=info.mean, std=info.std, quant=cfg.model.quant)
+    model = build_model(
+        cfg.model.name,
+        num_classes=info.num_classes,
+        input_shape=info.input_shape,
+        mean=info.mean,
+        std=info.std,
+        quant=cfg.model.quant,
+    )
     return Prepared(cfg, model, info, train_ds, test_x, test_y, test_ds.source, val_ds, val_record)
 
 
@@ -172,44 +159,30 @@ def model_summary(model, info) -> Dict[str, Any]:
     }
 
 
-@contextmanager
-def run_lock(run_dir: Path):
-    """Hold an exclusive lock on ``run_dir`` so two processes never train into the same run."""
-    import fcntl
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLocked(f"{run_dir} is being written by another tinyrobust process; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def train_run(cfg: RunConfig, run_dir: Path, *, resume: bool = False, data_dir: Optional[str] = None,
-              progress: bool = True) -> Dict[str, Any]:
+def train_run(
+    cfg: RunConfig, run_dir: Path, *, resume: bool = False, data_dir: Optional[str] = None, progress: bool = True
+) -> Dict[str, Any]:
     """Train ``cfg`` into ``run_dir``; with ``resume`` continue from the last checkpoint."""
     run_dir = Path(run_dir)
     if resume and (run_dir / SUMMARY_FILE).is_file():  # finished: nothing to do
-        return json.loads((run_dir / SUMMARY_FILE).read_text())
+        return read_summary(run_dir)
     check_writable(run_dir)
     with run_lock(run_dir):
         return _train_run(cfg, run_dir, resume=resume, data_dir=data_dir, progress=progress)
 
 
-def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optional[str],
-               progress: bool) -> Dict[str, Any]:
+def _train_run(
+    cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optional[str], progress: bool
+) -> Dict[str, Any]:
     from ..data.loader import BatchIterator
 
     ckpt_path = run_dir / CHECKPOINT_FILE
     if (run_dir / SUMMARY_FILE).is_file() and resume:  # finished while we waited for the lock
-        return json.loads((run_dir / SUMMARY_FILE).read_text())
+        return read_summary(run_dir)
     if not resume and (ckpt_path.exists() or (run_dir / SUMMARY_FILE).exists()):
         raise TinyRobustError(
-            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
+            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir"
+        )
     if resume and (run_dir / CONFIG_FILE).is_file():
         saved = load_config(run_dir / CONFIG_FILE)
         if dump_config(saved) != dump_config(cfg):
@@ -225,7 +198,7 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
     check_jr_layers(model, cfg.jr.layers)  # fail before any training, not at the first step
     if not (run_dir / ENV_FILE).is_file():
         env = environment(threads, cfg.seed)
-        env["data_source"] = prep.data_source
+        env["data_source"] = portable_text(prep.data_source, data_dir or cfg.data.data_dir)
         if prep.val_record is not None:
             env["val_split"] = prep.val_record
         atomic_write_json(run_dir / ENV_FILE, env)
@@ -237,11 +210,16 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
 
         val_x, val_y = to_tensors(prep.val_ds)
     augment = info.augment if cfg.train.augment is None else cfg.train.augment
-    batches = len(BatchIterator(train_ds, cfg.train.batch_size, shuffle=True, augment=False, seed=cfg.seed, epoch=0,
-                                drop_last=True))
+    batches = len(
+        BatchIterator(
+            train_ds, cfg.train.batch_size, shuffle=True, augment=False, seed=cfg.seed, epoch=0, drop_last=True
+        )
+    )
     if batches == 0:
-        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is larger than the training set "
-                          f"({len(train_ds)} examples); lower it")
+        raise ConfigError(
+            f"train.batch_size: {cfg.train.batch_size} is larger than the training set "
+            f"({len(train_ds)} examples); lower it"
+        )
     steps_per_epoch = min(batches, cfg.train.max_batches_per_epoch or batches)
     _remove_stale_temp_files(run_dir)
 
@@ -260,14 +238,17 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
             guard.update(state.get("guard", {}))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             detail = " ".join(str(exc).split())[:300]
-            raise CheckpointError(f"{ckpt_path} does not match this run's model and optimizer "
-                                  f"({type(exc).__name__}: {detail})") from None
+            raise CheckpointError(
+                f"{ckpt_path} does not match this run's model and optimizer ({type(exc).__name__}: {detail})"
+            ) from None
         _truncate_metrics(run_dir / METRICS_FILE, start_epoch)
         print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
         if state.get("threads", threads) != threads:
-            print(f"note: the checkpoint was written with {state['threads']} torch threads, this run uses {threads}: "
-                  "float sums change order, so the result will not be bit-identical to an uninterrupted run",
-                  file=sys.stderr)
+            print(
+                f"note: the checkpoint was written with {state['threads']} torch threads, this run uses {threads}: "
+                "float sums change order, so the result will not be bit-identical to an uninterrupted run",
+                file=sys.stderr,
+            )
     else:
         opt = make_optimizer(cfg, model)
         if (run_dir / METRICS_FILE).exists():
@@ -282,26 +263,34 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
         torch.manual_seed(epoch_seed)
         reseed_stochastic_quantizers(model, epoch_seed)
         model.train()
-        it = BatchIterator(train_ds, cfg.train.batch_size, shuffle=True, augment=augment, seed=cfg.seed,
-                           epoch=epoch, drop_last=True)
+        it = BatchIterator(
+            train_ds, cfg.train.batch_size, shuffle=True, augment=augment, seed=cfg.seed, epoch=epoch, drop_last=True
+        )
         adv_gen = adversarial_generator(cfg.seed, epoch) if adv.method != "none" else None
         sums = {"loss": 0.0, "ce": 0.0, "jr": 0.0, "correct": 0, "seen": 0, "robust": 0, "kl": 0.0}
         jr_parts: Dict[str, float] = {}
         t0 = time.time()
-        bar = tqdm(total=steps_per_epoch, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=not progress, leave=False, file=sys.stderr)
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}",
+            disable=not progress,
+            leave=False,
+            file=sys.stderr,
+        )
         for i, (x, y) in enumerate(it):
             if i >= steps_per_epoch:
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, total_steps, steps_per_epoch)
-            out = training_step(model, x, y, adv=adv, jr=cfg.jr, label_smoothing=cfg.train.label_smoothing,
-                                generator=adv_gen)
+            out = training_step(
+                model, x, y, adv=adv, jr=cfg.jr, label_smoothing=cfg.train.label_smoothing, generator=adv_gen
+            )
             loss, ce, penalty, parts = out.loss, out.ce, out.penalty, out.parts
             if not torch.isfinite(loss):
                 bar.close()
-                raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                                       + _kept(epoch, run_dir))
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; " + _kept(epoch, run_dir)
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -348,21 +337,37 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
         if check is not None:
             row["robust_check"] = _guard_epoch(model, check, adv, cfg.seed, epoch, guard, run_dir)
         append_jsonl(run_dir / METRICS_FILE, row)
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                                    "quant_state": quant_runtime_state(model), "threads": threads,
-                                    **({"guard": dict(guard)} if adv.method != "none" else {})})
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch + 1,
+                "quant_state": quant_runtime_state(model),
+                "threads": threads,
+                **({"guard": dict(guard)} if adv.method != "none" else {}),
+            },
+        )
         if progress:
-            acc = (f"train acc {row['train_accuracy']:.3f}" if row["train_accuracy"] is not None
-                   else f"train robust acc {row['train_robust_accuracy']:.3f}")
+            acc = (
+                f"train acc {row['train_accuracy']:.3f}"
+                if row["train_accuracy"] is not None
+                else f"train robust acc {row['train_robust_accuracy']:.3f}"
+            )
             rc = row.get("robust_check")
             rc = f" {rc['source']} PGD-{rc['steps']} robust acc {rc['robust_accuracy']:.3f}" if rc else ""
-            print(f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {row['train_loss']:.3f} "
-                  f"{acc} test acc {test_acc:.4f}{rc} ({row['images_per_s']:.0f} img/s)", file=sys.stderr)
+            print(
+                f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {row['train_loss']:.3f} "
+                f"{acc} test acc {test_acc:.4f}{rc} ({row['images_per_s']:.0f} img/s)",
+                file=sys.stderr,
+            )
         if guard["stopped_at"] is not None:
-            print(f"{cfg.name}: early stop after epoch {epoch + 1}: the PGD check fell more than "
-                  f"{adv.early_stop_drop:.0%} below its best (epoch {guard['best_epoch']}), the sign of "
-                  f"catastrophic overfitting; the best-robust weights are in {BEST_ROBUST_WEIGHTS_FILE}",
-                  file=sys.stderr)
+            print(
+                f"{cfg.name}: early stop after epoch {epoch + 1}: the PGD check fell more than "
+                f"{adv.early_stop_drop:.0%} below its best (epoch {guard['best_epoch']}), the sign of "
+                f"catastrophic overfitting; the best-robust weights are in {BEST_ROBUST_WEIGHTS_FILE}",
+                file=sys.stderr,
+            )
             break
 
     kept = "last"
@@ -375,14 +380,16 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
             kept = "best_robust"
     if cfg.train.bn_reestimate_batches:  # final-weight BatchNorm statistics (train/bn_reestimate.py, helper G)
         from .bn_reestimate import reestimate_bn
-        reestimate_bn(model, train_ds, cfg.train.bn_reestimate_batches, cfg.train.batch_size, seed=cfg.seed,
-                      augment=augment)
+
+        reestimate_bn(
+            model, train_ds, cfg.train.bn_reestimate_batches, cfg.train.batch_size, seed=cfg.seed, augment=augment
+        )
     save_weights(run_dir / WEIGHTS_FILE, model)
     summary = {
         "name": cfg.name,
         "model": cfg.model.name,
         "dataset": cfg.data.dataset,
-        "data_source": prep.data_source,
+        "data_source": portable_text(prep.data_source, data_dir or cfg.data.data_dir),
         "epochs": cfg.train.epochs,
         "test_accuracy": evaluate_accuracy(model, prep.test_x, prep.test_y),
         "test_examples": len(prep.test_y),
@@ -393,19 +400,30 @@ def _train_run(cfg: RunConfig, run_dir: Path, *, resume: bool, data_dir: Optiona
         summary["val_split"] = prep.val_record
         summary["val_accuracy"] = evaluate_accuracy(model, val_x, val_y)
     if adv.method != "none":
-        summary["adversarial"] = {"method": adv.method, "eps": adv.eps, "step_size": step_size_of(adv),
-                                  **({"steps": adv.steps} if adv.method != "fgsm_rs" else {}),
-                                  **({"beta": adv.beta} if adv.method == "trades" else {})}
+        summary["adversarial"] = {
+            "method": adv.method,
+            "eps": adv.eps,
+            "step_size": step_size_of(adv),
+            **({"steps": adv.steps} if adv.method != "fgsm_rs" else {}),
+            **({"beta": adv.beta} if adv.method == "trades" else {}),
+        }
         summary["epochs_trained"] = guard["stopped_at"] or cfg.train.epochs
         summary["stopped_early_at_epoch"] = guard["stopped_at"]
         if check is not None:
-            summary["robust_check"] = {"source": check["source"], "n": len(check["y"]), "steps": adv.check_steps,
-                                       "eps": adv.eps}
+            summary["robust_check"] = {
+                "source": check["source"],
+                "n": len(check["y"]),
+                "steps": adv.check_steps,
+                "eps": adv.eps,
+            }
             summary["best_robust_epoch"] = guard["best_epoch"]
             summary["best_robust_check_accuracy"] = guard["best_robust"]
             summary["best_robust_weights"] = BEST_ROBUST_WEIGHTS_FILE
-            summary["weights"] = ({"kept": "best_robust", "epoch": guard["best_epoch"]} if kept == "best_robust"
-                                  else {"kept": "last", "epoch": summary["epochs_trained"]})
+            summary["weights"] = (
+                {"kept": "best_robust", "epoch": guard["best_epoch"]}
+                if kept == "best_robust"
+                else {"kept": "last", "epoch": summary["epochs_trained"]}
+            )
     atomic_write_json(run_dir / SUMMARY_FILE, summary)
     return summary
 
@@ -421,13 +439,20 @@ def _check_images(cfg: RunConfig, prep: Prepared) -> Dict[str, Any]:
     return {"x": x, "y": y, "source": source}
 
 
-def _guard_epoch(model, check: Dict[str, Any], adv, seed: int, epoch: int, guard: Dict[str, Any],
-                 run_dir: Path) -> Dict[str, Any]:
+def _guard_epoch(
+    model, check: Dict[str, Any], adv, seed: int, epoch: int, guard: Dict[str, Any], run_dir: Path
+) -> Dict[str, Any]:
     """The catastrophic-overfitting guard after one epoch: PGD check, keep the best-robust weights
     (written before the checkpoint, so a kill in between redoes the epoch and rewrites the same
     file), and mark an early stop when the check falls ``adv.early_stop_drop`` below its best."""
-    result = robust_check(model, check["x"], check["y"], eps=adv.eps, steps=adv.check_steps,
-                          gen=adversarial_generator(seed, epoch, stream=1))
+    result = robust_check(
+        model,
+        check["x"],
+        check["y"],
+        eps=adv.eps,
+        steps=adv.check_steps,
+        gen=adversarial_generator(seed, epoch, stream=1),
+    )
     result = {"source": check["source"], **result}
     if check["source"] == "train":
         result["note"] = "no validation split (data.val_size 0): a fixed subset of the training images"
@@ -442,8 +467,11 @@ def _guard_epoch(model, check: Dict[str, Any], adv, seed: int, epoch: int, guard
 
 
 def _kept(epoch: int, run_dir: Path) -> str:
-    where = (f"the last good checkpoint (after epoch {epoch}) is kept in {run_dir}" if epoch > 0
-             else f"no checkpoint was written yet in {run_dir}")
+    where = (
+        f"the last good checkpoint (after epoch {epoch}) is kept in {run_dir}"
+        if epoch > 0
+        else f"no checkpoint was written yet in {run_dir}"
+    )
     return f"{where}. Lower train.lr or jr weights and start again."
 
 
@@ -457,8 +485,16 @@ def _non_finite(model: torch.nn.Module) -> Optional[str]:
 
 def _remove_stale_temp_files(run_dir: Path) -> None:
     """A kill during an atomic write leaves its temp file (``.<name>.<random>.tmp``); drop them."""
-    for name in (CHECKPOINT_FILE, WEIGHTS_FILE, METRICS_FILE, SUMMARY_FILE, CONFIG_FILE, ENV_FILE,
-                 BEST_ROBUST_WEIGHTS_FILE, LAST_WEIGHTS_FILE):
+    for name in (
+        CHECKPOINT_FILE,
+        WEIGHTS_FILE,
+        METRICS_FILE,
+        SUMMARY_FILE,
+        CONFIG_FILE,
+        ENV_FILE,
+        BEST_ROBUST_WEIGHTS_FILE,
+        LAST_WEIGHTS_FILE,
+    ):
         for tmp in run_dir.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 

@@ -50,8 +50,10 @@ UNKNOWN_DIR, BACKGROUND_DIR = "unknown", "_background_noise_"
 TEST_FOLDER = "speech_commands_test_set_v0.02"
 TEST_ARCHIVES = (f"{TEST_FOLDER}.tar.xz", f"{TEST_FOLDER}.tar.gz")
 IMAGE_SIZE = (NUM_MEL, NUM_FRAMES)  # PIL (width, height): 40 mel bins wide, 98 frames high
-# Bump when decoding or the front end changes; it is part of the cache key.
+# Bump when JPEG decoding (VERSION) or the test WAVs' processing (TEST_VERSION: alignment, front end,
+# source text) changes; they are part of the cache keys.
 VERSION = 2
+TEST_VERSION = 3
 
 INFO = DatasetInfo(
     name="speech_commands_logmel",
@@ -301,9 +303,9 @@ def _load_test_wav(data_dir: Path) -> ArrayDataset:
         clips, y, _, _ = read_test_wavs(data_dir)
         return ArrayDataset(INFO.name, "test", logmel_images(clips), y, list(CLASSES),
                             f"{origin} (official Speech Commands v0.02 12-class test WAVs, MLC/T's test set, "
-                            "through the log-mel front end)")
+                            f"through the log-mel front end; trained on the shared log-mel JPEG copy {ARCHIVE})")
 
-    ds = cached(INFO.name, f"test-wav-v{VERSION}", files, build)
+    ds = cached(INFO.name, f"test-wav-v{TEST_VERSION}", files, build)
     return replace(ds, split="test")
 
 

@@ -148,7 +148,7 @@ def load_speech_commands_wav(split: str, data_dir: Path, download: bool) -> Arra
             f"{origin} (official Speech Commands v0.02 12-class test WAVs, centered, as [0, 1] waveforms)",
         )
 
-    return replace(cached(WAV_INFO.name, f"test-v{sl.VERSION}", files, build), split="test")
+    return replace(cached(WAV_INFO.name, f"test-v{sl.TEST_VERSION}", files, build), split="test")
 
 
 def attack_waveform(

@@ -18,10 +18,6 @@ def configs_dir(sub: str = "") -> Path:
     Wheels and editable installs keep package data as plain files, so the path is usable with
     ``open``/``glob`` (a zipped install would need ``resources.as_file``; pip never makes one)."""
     base = Path(str(resources.files("tinyrobust") / "configs"))
-    if not base.is_dir():  # transitional, until configs/ moves into the package: then delete these 4 lines
-        legacy = Path(__file__).resolve().parent.parent.parent / "configs"
-        if legacy.is_dir():
-            base = legacy
     return base / sub if sub else base
 
 

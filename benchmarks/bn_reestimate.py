@@ -39,8 +39,8 @@ def main() -> None:
     from tinyrobust.data import load_dataset
     from tinyrobust.data.loader import stratified_subset, to_tensors
     from tinyrobust.data.splits import config_split
-    from tinyrobust.report.stats import wilson
     from tinyrobust.runs import load_run
+    from tinyrobust.stats import wilson
     from tinyrobust.train.bn_reestimate import reestimate_bn
 
     @torch.no_grad()

@@ -39,8 +39,8 @@ def main() -> None:
     from tinyrobust.config import config_from_dict, load_config
     from tinyrobust.data.loader import to_tensors
     from tinyrobust.data.splits import config_split
-    from tinyrobust.report.stats import wilson
     from tinyrobust.runs import load_run
+    from tinyrobust.stats import wilson
     from tinyrobust.train import train_run
     from tinyrobust.train.bn_reestimate import reestimate_bn
     from tinyrobust.train.loop import evaluate_accuracy

@@ -52,6 +52,11 @@ def main() -> None:
     ap.add_argument("--onnx", action="store_true")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default="benchmarks/results/freeze_throughput.json")
+    ap.add_argument(
+        "--note",
+        default="shared with other jobs: best of interleaved repeats",
+        help="what else ran on the machine (recorded in the JSON)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -139,7 +144,7 @@ def main() -> None:
             "nproc": os.cpu_count(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
-            "note": "shared with other jobs (helpers, a training run): best of interleaved repeats",
+            "note": a.note,
         },
         "settings": {
             "batch": a.batch,

@@ -63,7 +63,7 @@ def main() -> None:
     raw = np.zeros((len(matched), 16000), np.int16)
     for k, i in enumerate(matched):
         s = sl.read_wav(files[i])[:16000]
-        raw[k, :len(s)] = s
+        raw[k, : len(s)] = s
     raw_img = logmel_images(raw)[:, 0].astype(np.float64)
     corr_raw = np.array([np.corrcoef(o.ravel(), j.ravel())[0, 1] for o, j in zip(raw_img, jpeg)])
     corr_raw = np.nan_to_num(corr_raw, nan=0.0)
@@ -90,8 +90,12 @@ def main() -> None:
     per_class = {}
     for c in sorted(set(labels.tolist())):
         m = labels == c
-        per_class[CLASSES[c]] = {"n": int(m.sum()), "mean_corr": float(corr[m].mean()),
-                                 "min_corr": float(corr[m].min()), "mae_levels": float(mae[m].mean())}
+        per_class[CLASSES[c]] = {
+            "n": int(m.sum()),
+            "mean_corr": float(corr[m].mean()),
+            "min_corr": float(corr[m].min()),
+            "mae_levels": float(mae[m].mean()),
+        }
     q = np.quantile(corr, [0.01, 0.05, 0.5])
     command = "python benchmarks/logmel_frontend.py"
     result = {
@@ -99,38 +103,57 @@ def main() -> None:
         "wav_source": Path(origin.split(" ")[0]).name,
         "jpeg_source": src.path.name,
         "front_end": {"gain": LOG_GAIN, "offset": LOG_OFFSET, "mel_floor": MEL_FLOOR},
-        "test_wavs": len(files), "matched_clips": len(matched),
+        "test_wavs": len(files),
+        "matched_clips": len(matched),
         "unmatched_word_clips": int(sum(1 for n in names if n is not None and n not in in_test)),
-        "mean_corr": float(corr.mean()), "corr_q01_q05_median": [float(v) for v in q],
-        "clips_corr_below_0_95": int((corr < 0.95).sum()), "mae_levels": float(mae.mean()),
+        "mean_corr": float(corr.mean()),
+        "corr_q01_q05_median": [float(v) for v in q],
+        "clips_corr_below_0_95": int((corr < 0.95).sum()),
+        "mae_levels": float(mae.mean()),
         "mean_corr_without_centering": float(corr_raw.mean()),
-        "target_mean_corr": 0.95, "meets_target": bool(corr.mean() >= 0.95),
+        "target_mean_corr": 0.95,
+        "meets_target": bool(corr.mean() >= 0.95),
         "fitted_gain_offset": [float(gain), float(offset)],
-        "test_wav_speakers": len(wav_spk), "test_wav_speakers_in_jpeg_train_or_validation": len(leaked),
+        "test_wav_speakers": len(wav_spk),
+        "test_wav_speakers_in_jpeg_train_or_validation": len(leaked),
         "per_class": per_class,
         "seconds": round(time.time() - t0, 1),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "torch": torch.__version__, "threads": 1},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": 1,
+        },
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    md = ["# Log-mel front end vs the shared JPEG set", "",
-          f"Command: `TINYROBUST_DATA=<datasets> {command}`; machine: {result['machine']['processor']}, "
-          f"{result['machine']['platform']}, torch {torch.__version__}, 1 thread, {result['seconds']} s.", "",
-          f"{len(matched)} official test WAVs whose clip is also in the JPEG set's test list "
-          f"(of {len(files)}; the 408 `_silence_` clips have no JPEG). Pearson correlation over the 98x40 pixels "
-          f"of `LogMelFrontend(wav)` and the JPEG, per clip:", "",
-          f"- mean **{corr.mean():.4f}** (target >= 0.95: {'met' if corr.mean() >= 0.95 else 'NOT met'}); "
-          f"1% / 5% / 50% quantiles {q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f}; {int((corr < 0.95).sum())} clips below 0.95",
-          f"- mean absolute difference {mae.mean():.2f} pixel levels (JPEG loss included)",
-          f"- without `center_clip` (the WAVs as stored, recording then zero padding): mean {corr_raw.mean():.4f}",
-          f"- least-squares fit of the JPEG pixels on ln(mel): gain {gain:.2f}, offset {offset:.1f} "
-          f"(front end uses {LOG_GAIN:g} and {LOG_OFFSET:g})",
-          f"- speakers of the test WAVs found in the JPEG train/validation splits: {len(leaked)} of {len(wav_spk)}",
-          "", "| class | clips | mean corr | min corr | MAE (levels) |", "|---|---:|---:|---:|---:|"]
-    md += [f"| {k} | {v['n']} | {v['mean_corr']:.4f} | {v['min_corr']:.3f} | {v['mae_levels']:.2f} |"
-           for k, v in per_class.items()]
+    md = [
+        "# Log-mel front end vs the shared JPEG set",
+        "",
+        f"Command: `TINYROBUST_DATA=<datasets> {command}`; machine: {result['machine']['processor']}, "
+        f"{result['machine']['platform']}, torch {torch.__version__}, 1 thread, {result['seconds']} s.",
+        "",
+        f"{len(matched)} official test WAVs whose clip is also in the JPEG set's test list "
+        f"(of {len(files)}; the 408 `_silence_` clips have no JPEG). Pearson correlation over the 98x40 pixels "
+        f"of `LogMelFrontend(wav)` and the JPEG, per clip:",
+        "",
+        f"- mean **{corr.mean():.4f}** (target >= 0.95: {'met' if corr.mean() >= 0.95 else 'NOT met'}); "
+        f"1% / 5% / 50% quantiles {q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f}; {int((corr < 0.95).sum())} clips below 0.95",
+        f"- mean absolute difference {mae.mean():.2f} pixel levels (JPEG loss included)",
+        f"- without `center_clip` (the WAVs as stored, recording then zero padding): mean {corr_raw.mean():.4f}",
+        f"- least-squares fit of the JPEG pixels on ln(mel): gain {gain:.2f}, offset {offset:.1f} "
+        f"(front end uses {LOG_GAIN:g} and {LOG_OFFSET:g})",
+        f"- speakers of the test WAVs found in the JPEG train/validation splits: {len(leaked)} of {len(wav_spk)}",
+        "",
+        "| class | clips | mean corr | min corr | MAE (levels) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    md += [
+        f"| {k} | {v['n']} | {v['mean_corr']:.4f} | {v['min_corr']:.3f} | {v['mae_levels']:.2f} |"
+        for k, v in per_class.items()
+    ]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md), file=sys.stderr)
 

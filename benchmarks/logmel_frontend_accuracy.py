@@ -43,7 +43,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
 @torch.no_grad()
 def predict(model, ds) -> np.ndarray:
     x, _ = to_tensors(ds)
-    return np.concatenate([model(x[i:i + 500]).argmax(1).numpy() for i in range(0, len(x), 500)])
+    return np.concatenate([model(x[i : i + 500]).argmax(1).numpy() for i in range(0, len(x), 500)])
 
 
 def main() -> None:
@@ -55,8 +55,14 @@ def main() -> None:
     run = Path(a.run)
     cfg = load_config(run / CONFIG_FILE)
     info = dataset_info(cfg.data.dataset)
-    model = build_model(cfg.model.name, num_classes=info.num_classes, input_shape=info.input_shape, mean=info.mean,
-                        std=info.std, quant=cfg.model.quant)
+    model = build_model(
+        cfg.model.name,
+        num_classes=info.num_classes,
+        input_shape=info.input_shape,
+        mean=info.mean,
+        std=info.std,
+        quant=cfg.model.quant,
+    )
     if (run / WEIGHTS_FILE).is_file():
         load_weights(run / WEIGHTS_FILE, model)
         state = f"finished ({cfg.train.epochs} epochs)"
@@ -72,32 +78,60 @@ def main() -> None:
         pred = predict(model, ds)
         ok = pred == ds.y
         m = np.isin(ds.y, shared)
-        rows[split] = {"n": len(ok), "accuracy": float(ok.mean()), "ci95": wilson(int(ok.sum()), len(ok)),
-                       "n_without_silence": int(m.sum()), "accuracy_without_silence": float(ok[m].mean()),
-                       "per_class": {CLASSES[c]: float(ok[ds.y == c].mean()) for c in range(12) if (ds.y == c).any()}}
+        rows[split] = {
+            "n": len(ok),
+            "accuracy": float(ok.mean()),
+            "ci95": wilson(int(ok.sum()), len(ok)),
+            "n_without_silence": int(m.sum()),
+            "accuracy_without_silence": float(ok[m].mean()),
+            "per_class": {CLASSES[c]: float(ok[ds.y == c].mean()) for c in range(12) if (ds.y == c).any()},
+        }
     command = f"python benchmarks/logmel_frontend_accuracy.py --run {a.run}"
-    result = {"command": command, "run": run.name, "model": cfg.model.name, "state": state, "splits": rows,
-              "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1}}
+    result = {
+        "command": command,
+        "run": run.name,
+        "model": cfg.model.name,
+        "state": state,
+        "splits": rows,
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1},
+    }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    md = [f"# {run.name} on the official test WAVs vs the JPEG set ({state})", "",
-          f"Command: `TINYROBUST_DATA=<datasets> {command}`; {platform.platform()}, torch {torch.__version__}.", "",
-          "| split | n | accuracy (95% CI) | without _silence_ (n) |", "|---|---:|---:|---:|"]
+    md = [
+        f"# {run.name} on the official test WAVs vs the JPEG set ({state})",
+        "",
+        f"Command: `TINYROBUST_DATA=<datasets> {command}`; {platform.platform()}, torch {torch.__version__}.",
+        "",
+        "| split | n | accuracy (95% CI) | without _silence_ (n) |",
+        "|---|---:|---:|---:|",
+    ]
     for s, r in rows.items():
-        md.append(f"| {s} | {r['n']} | {100 * r['accuracy']:.2f}% ({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) "
-                  f"| {100 * r['accuracy_without_silence']:.2f}% ({r['n_without_silence']}) |")
+        md.append(
+            f"| {s} | {r['n']} | {100 * r['accuracy']:.2f}% ({100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) "
+            f"| {100 * r['accuracy_without_silence']:.2f}% ({r['n_without_silence']}) |"
+        )
     pc_w, pc_j = rows["test"]["per_class"], rows["test_jpeg"]["per_class"]
     both = [c for c in pc_w if c in pc_j]
-    result["mean_class_accuracy_shared_classes"] = {"test": float(np.mean([pc_w[c] for c in both])),
-                                                   "test_jpeg": float(np.mean([pc_j[c] for c in both]))}
+    result["mean_class_accuracy_shared_classes"] = {
+        "test": float(np.mean([pc_w[c] for c in both])),
+        "test_jpeg": float(np.mean([pc_j[c] for c in both])),
+    }
     out.write_text(json.dumps(result, indent=2) + "\n")
-    md += ["", "The two test sets mix the classes differently (`_unknown_` is 25% of test_jpeg, 8% of the WAVs), so "
-           "compare per class:", "", "| class | test WAVs | test_jpeg |", "|---|---:|---:|"]
+    md += [
+        "",
+        "The two test sets mix the classes differently (`_unknown_` is 25% of test_jpeg, 8% of the WAVs), so "
+        "compare per class:",
+        "",
+        "| class | test WAVs | test_jpeg |",
+        "|---|---:|---:|",
+    ]
     md += [f"| {c} | {100 * pc_w[c]:.1f}% | " + (f"{100 * pc_j[c]:.1f}% |" if c in pc_j else "- |") for c in pc_w]
-    md.append(f"| mean over the {len(both)} shared classes | "
-              f"{100 * result['mean_class_accuracy_shared_classes']['test']:.2f}% | "
-              f"{100 * result['mean_class_accuracy_shared_classes']['test_jpeg']:.2f}% |")
+    md.append(
+        f"| mean over the {len(both)} shared classes | "
+        f"{100 * result['mean_class_accuracy_shared_classes']['test']:.2f}% | "
+        f"{100 * result['mean_class_accuracy_shared_classes']['test_jpeg']:.2f}% |"
+    )
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md), file=sys.stderr)
 

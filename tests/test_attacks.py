@@ -5,6 +5,7 @@ masked (input rounding) is caught by the masking checks while a normal one passe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import types
@@ -29,6 +30,7 @@ from tinyrobust.attacks import (
 )
 from tinyrobust.attacks.cli_command import add_parser, parse_eps, parse_overrides
 from tinyrobust.attacks.cli_command import run as cli_run
+from tinyrobust.data.datasets import ArrayDataset, DatasetInfo
 from tinyrobust.errors import AttackError
 
 # Budgets small enough for a test, large enough for each attack to do something.
@@ -266,19 +268,32 @@ def test_cli_parsing_and_list(capsys):
 
 @pytest.fixture
 def fake_run(monkeypatch, model, data):
-    """Stand-ins for the lead's tinyrobust.runs / tinyrobust.data modules."""
+    """Stand-ins for tinyrobust.runs / tinyrobust.data that return the data layer's REAL types
+    (DatasetInfo, ArrayDataset), so a field the real types lack cannot hide behind the fake.
+    Returns a dict whose "info" a test may replace (DatasetInfo is frozen)."""
     x, y = data
     images = np.round(x.transpose(0, 2, 3, 1) * 255).astype(np.uint8)  # uint8 NHWC like ArrayDataset
-    info = SimpleNamespace(kind="image", input_shape=SHAPE, num_classes=K, source="synthetic")
+    state = {
+        "info": DatasetInfo(
+            name="toy", num_classes=K, input_shape=SHAPE, mean=(0.0,) * 3, std=(1.0,) * 3, kind="image", augment=False
+        )
+    }
     runs = types.ModuleType("tinyrobust.runs")
     runs.load_run = lambda run_dir: SimpleNamespace(
         model=model,
         config={"data": {"dataset": "toy"}, "model": {"name": "tiny-cnn"}},
         run_dir=Path(run_dir),
-        dataset_info=info,
+        dataset_info=state["info"],
     )
     data_mod = types.ModuleType("tinyrobust.data")
-    data_mod.load_dataset = lambda name, split, data_dir=None: SimpleNamespace(x=images, y=y)
+    data_mod.load_dataset = lambda name, split, data_dir=None: ArrayDataset(
+        name="toy",
+        split=split,
+        x=images,
+        y=y,
+        classes=[str(k) for k in range(K)],
+        source=f"{data_dir or '/nowhere'}/toy-images.tar.gz (synthetic)",
+    )
     loader = types.ModuleType("tinyrobust.data.loader")
     loader.stratified_subset = lambda labels, n, seed: np.random.default_rng(seed).permutation(len(labels))[:n]
     loader.nested_stratified_order = loader.stratified_subset
@@ -288,7 +303,7 @@ def fake_run(monkeypatch, model, data):
     )
     for name, mod in (("tinyrobust.runs", runs), ("tinyrobust.data", data_mod), ("tinyrobust.data.loader", loader)):
         monkeypatch.setitem(sys.modules, name, mod)
-    return info
+    return state
 
 
 def test_attack_run_writes_robustness_json(fake_run, tmp_path):
@@ -312,15 +327,19 @@ def test_attack_run_writes_robustness_json(fake_run, tmp_path):
     assert written["meta"]["data_kind"] == "image" and "pixel units /255" in written["meta"]["threat_model"]
     assert "transfer" not in written["attacks"] and any("transfer" in n for n in written["notes"])
     assert written["masking_checks"]["checks"] and res["n"] == 20
-    again = attack_run(tmp_path / "run", ["fgsm"], [8], n=20, out=tmp_path / "out2", progress=False)
+    again = attack_run(
+        tmp_path / "run", ["fgsm"], [8], n=20, out=tmp_path / "out2", progress=False, data_dir=tmp_path / "data"
+    )
     assert again["meta"]["subset"]["indices_sha1"] == res["meta"]["subset"]["indices_sha1"]
+    # the dataset source is really recorded, and without the machine's data path
+    assert again["meta"]["dataset_source"] == "$TINYROBUST_DATA/toy-images.tar.gz (synthetic)"
 
 
 def test_attack_run_rejects_a_dataset_that_does_not_fit(fake_run, tmp_path):
-    fake_run.num_classes = 10
+    fake_run["info"] = dataclasses.replace(fake_run["info"], num_classes=10)
     with pytest.raises(AttackError, match="outputs 4 classes"):
         attack_run(tmp_path, ["fgsm"], [8], n=8, progress=False)
-    fake_run.input_shape = (1, 28, 28)
+    fake_run["info"] = dataclasses.replace(fake_run["info"], input_shape=(1, 28, 28))
     with pytest.raises(AttackError, match=r"shape \(3, 8, 8\) but .* expects \(1, 28, 28\)"):
         attack_run(tmp_path, ["fgsm"], [8], n=8, progress=False)
 

@@ -21,7 +21,7 @@ from tinyrobust.attacks.masking import CHECKS
 from tinyrobust.attacks.torch_attacks import AutoAttackAPGD
 from tinyrobust.data.loader import nested_stratified_order
 from tinyrobust.errors import AttackError
-from tinyrobust.report.stats import wilson
+from tinyrobust.stats import wilson
 
 NO_PROBES = {"masking_checks": False, "progress": False}
 

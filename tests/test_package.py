@@ -104,7 +104,7 @@ def test_version_lives_in_one_place():
 def test_shipped_configs_are_package_data():
     names = shipped_configs()
     assert {"qnn_int4_jr.yaml", "demo_tiny.yaml", "reproduce/cifar10.yaml"} <= set(names)
-    from tinyrobust.report.reproduce import grid_path
+    from tinyrobust.reproduce.pipeline import grid_path
 
     assert grid_path("cifar10") == configs_dir("reproduce") / "cifar10.yaml"
     for name in names:  # every shipped run config loads (grids are checked in test_reproduce.py)

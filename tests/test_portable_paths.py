@@ -86,7 +86,7 @@ def test_run_and_eval_files_hold_no_absolute_data_path(tmp_path, monkeypatch, on
 def test_report_record_is_portable(tmp_path, monkeypatch):
     """reproduce.json and the report's files go through paths.portable_*: the command line keeps
     no absolute path of the data dir or of the working directory."""
-    from tinyrobust.report.reproduce import portable
+    from tinyrobust.reproduce.pipeline import portable
 
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "elsewhere" / "datasets"

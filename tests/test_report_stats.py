@@ -1,10 +1,10 @@
-"""report.stats: Wilson and Newcombe paired intervals against published values; per-image worst case."""
+"""tinyrobust.stats: Wilson and Newcombe paired intervals against published values; per-image worst case."""
 
 from __future__ import annotations
 
 import pytest
 
-from tinyrobust.report.stats import (
+from tinyrobust.stats import (
     accuracy_with_ci,
     format_ci,
     newcombe_paired,

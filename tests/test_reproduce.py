@@ -340,7 +340,7 @@ def test_attack_stage_passes_surrogates_cascade_and_per_model_n(tmp_path, monkey
     """reproduce hands attack_run one transfer@<key> per other surrogate, the cascade flag, the model's own n
     and the transfer settings for every transfer entry; a model waits until its surrogates are trained."""
     import tinyrobust.attacks.evaluate as evaluate
-    from tinyrobust.report.reproduce import attack_stage
+    from tinyrobust.reproduce.pipeline import attack_stage
 
     grid = tiny_grid()
     grid["budgets"]["quick"]["attack_n"] = {"default": 7, "qnn_int4_jr": 20}
@@ -569,7 +569,7 @@ def test_attack_into_an_unwritable_folder_fails_before_attacking(fake_cifar, tmp
 def test_attack_stage_refuses_an_attack_run_without_the_new_arguments(tmp_path, monkeypatch):
     """Until the attack side takes surrogate_runs/cascade, a grid that needs them fails in one clear line."""
     import tinyrobust.attacks.evaluate as evaluate
-    from tinyrobust.report.reproduce import attack_stage
+    from tinyrobust.reproduce.pipeline import attack_stage
 
     g = load_grid(write_grid(tmp_path / "g", tiny_grid(onnx_attacks=[])) / "cifar10.yaml")
     out = tmp_path / "out"
@@ -586,7 +586,7 @@ def test_attack_stage_refuses_an_attack_run_without_the_new_arguments(tmp_path, 
 
 
 def test_recorded_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch):
-    from tinyrobust.report.reproduce import portable
+    from tinyrobust.reproduce.pipeline import portable
 
     monkeypatch.chdir(tmp_path)
     assert portable(tmp_path / "results" / "cifar10") == "results/cifar10"

@@ -83,8 +83,11 @@ def make_test_wavs(data_dir: Path, per_class: int = 2) -> Path:
     for ci, c in enumerate(CLASSES):
         for n in range(per_class):
             sig = tone(300 + 150 * ci + 40 * n, n=12000 if n else 16000, amp=0.3, seed=ci * 10 + n)
-            name = f"{1000 + n}.wav" if c == "_silence_" else (
-                f"marvin_99aabbcc_nohash_{n}.wav.wav" if c == "_unknown_" else f"99aabbcc_nohash_{n}.wav")
+            name = (
+                f"{1000 + n}.wav"
+                if c == "_silence_"
+                else (f"marvin_99aabbcc_nohash_{n}.wav.wav" if c == "_unknown_" else f"99aabbcc_nohash_{n}.wav")
+            )
             write_wav(root / c / name, sig)
     return root
 
@@ -112,8 +115,14 @@ def test_splits_labels_values_and_no_speaker_leakage(logmel):
         # pixel / 255 of the decoded JPEG, in the sorted order of the relative paths
         first = np.asarray(Image.open(root / rels[0]), dtype=np.float32) / 255
         np.testing.assert_array_equal(ds.x[0, 0], first)
-        want = [CLASSES.index("_unknown_") if r.startswith("unknown/") else CLASSES.index("_silence_")
-                if r.startswith("_background_noise_/") else CLASSES.index(r.split("/")[0]) for r in rels]
+        want = [
+            CLASSES.index("_unknown_")
+            if r.startswith("unknown/")
+            else CLASSES.index("_silence_")
+            if r.startswith("_background_noise_/")
+            else CLASSES.index(r.split("/")[0])
+            for r in rels
+        ]
         assert ds.y.tolist() == want
         seen[split] = {sl.speaker_of(r) for r in rels} - {None}
     assert len(load_dataset("speech_commands_logmel", "train", logmel)) == 2 * (3 * 2 + 1) + 3
@@ -291,12 +300,15 @@ def test_waveform_model_is_front_end_then_model_and_differentiable():
 # ---------------------------------------------------------------- models on 98x40
 
 
-@pytest.mark.parametrize("name,quant", [
-    ("mlc_dscnn", QuantConfig()),
-    ("mlc_dscnn", QuantConfig(weight="int8", act="int8")),
-    ("qnn_kws", QuantConfig(weight="int4", act="int4", first_weight="int8", last_weight="int8")),
-    ("qnn_kws", QuantConfig(weight="ternary", act="int4", first_weight="int8", last_weight="int8")),
-])
+@pytest.mark.parametrize(
+    "name,quant",
+    [
+        ("mlc_dscnn", QuantConfig()),
+        ("mlc_dscnn", QuantConfig(weight="int8", act="int8")),
+        ("qnn_kws", QuantConfig(weight="int4", act="int4", first_weight="int8", last_weight="int8")),
+        ("qnn_kws", QuantConfig(weight="ternary", act="int4", first_weight="int8", last_weight="int8")),
+    ],
+)
 def test_keyword_models_take_98x40(name, quant):
     info = dataset_info("speech_commands_logmel")
     net = build_model(name, num_classes=12, input_shape=info.input_shape, mean=info.mean, std=info.std, quant=quant)
@@ -321,8 +333,15 @@ def test_reproduce_grid_builds_every_model_on_98x40():
     assert grid.white == ["fgsm", "pgd", "apgd", "bpda", "autoattack"] and grid.black == ["square", "transfer"]
     info = dataset_info(grid.dataset)
     keys = {m.key for m in grid.models}
-    assert {"mlc_dscnn_float", "mlc_dscnn_int8", "qnn_kws_int4", "qnn_kws_int4_jr", "qnn_kws_ternary",
-            "qnn_kws_ternary_jr", "qnn_kws_float"} <= keys
+    assert {
+        "mlc_dscnn_float",
+        "mlc_dscnn_int8",
+        "qnn_kws_int4",
+        "qnn_kws_int4_jr",
+        "qnn_kws_ternary",
+        "qnn_kws_ternary_jr",
+        "qnn_kws_float",
+    } <= keys
     for budget in ("quick", "full"):
         for m in grid.models:
             cfg = grid.run_config(m, budget)
@@ -331,6 +350,12 @@ def test_reproduce_grid_builds_every_model_on_98x40():
         q = grid.run_config(grid.model(s), "full").model.quant
         assert q.weight == "float" and q.act == "float"
     cfg = grid.run_config(grid.model("qnn_kws_ternary_jr"), "full")
-    net = build_model(cfg.model.name, num_classes=12, input_shape=info.input_shape, mean=info.mean, std=info.std,
-                      quant=cfg.model.quant)
+    net = build_model(
+        cfg.model.name,
+        num_classes=12,
+        input_shape=info.input_shape,
+        mean=info.mean,
+        std=info.std,
+        quant=cfg.model.quant,
+    )
     assert net(torch.rand(2, *info.input_shape)).shape == (2, 12) and cfg.jr.weight > 0

@@ -120,7 +120,7 @@ def _command_modules() -> List:
     for path in (
         "tinyrobust.attacks.cli_command",
         "tinyrobust.export.cli_command",
-        "tinyrobust.report.cli_command",
+        "tinyrobust.reproduce.cli_command",
         "tinyrobust.sweep.cli_command",
     ):
         try:

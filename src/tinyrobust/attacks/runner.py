@@ -154,7 +154,7 @@ def outcome_string(robust: np.ndarray, attacked: np.ndarray) -> str:
 
 
 def _wilson(k: int, n: int) -> list[float]:
-    from ..report.stats import wilson
+    from ..stats import wilson
 
     return [round(v, 6) for v in wilson(k, n)]
 

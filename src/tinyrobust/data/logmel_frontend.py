@@ -89,6 +89,8 @@ def logmel_images(samples: np.ndarray, batch: int = 256) -> np.ndarray:
     if _FRONTEND is None:
         _FRONTEND = LogMelFrontend()
     samples = np.asarray(samples)
-    out = [_FRONTEND(torch.from_numpy(samples[i:i + batch].astype(np.float32) / INT16_SCALE)).numpy()
-           for i in range(0, len(samples), batch)]
+    out = [
+        _FRONTEND(torch.from_numpy(samples[i : i + batch].astype(np.float32) / INT16_SCALE)).numpy()
+        for i in range(0, len(samples), batch)
+    ]
     return np.concatenate(out) if out else np.zeros((0, 1, NUM_FRAMES, NUM_MEL), np.float32)

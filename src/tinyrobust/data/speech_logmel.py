@@ -124,8 +124,10 @@ def split_members(images: list[str], lists: dict[str, list[str]], where: str) ->
     for name, listed in lists.items():
         missing = [p for p in listed if p not in have]
         if missing:
-            raise DataError(f"{where}: {name} names {len(missing)} image(s) that are not there, e.g. "
-                            f"{missing[0]}: the copy is incomplete, get it again")
+            raise DataError(
+                f"{where}: {name} names {len(missing)} image(s) that are not there, e.g. "
+                f"{missing[0]}: the copy is incomplete, get it again"
+            )
     val, test = set(lists[VALIDATION_LIST]), set(lists[TESTING_LIST])
     both = sorted(val & test)
     if both:
@@ -138,8 +140,10 @@ def split_members(images: list[str], lists: dict[str, list[str]], where: str) ->
             if spk is None:
                 continue
             if owner.setdefault(spk, split) != split:
-                raise DataError(f"{where}: speaker {spk} is in both {owner[spk]} and {split} (e.g. {rel}): the "
-                                "split lists leak speakers across splits; use lists made by speaker hash")
+                raise DataError(
+                    f"{where}: speaker {spk} is in both {owner[spk]} and {split} (e.g. {rel}): the "
+                    "split lists leak speakers across splits; use lists made by speaker hash"
+                )
     return splits
 
 
@@ -151,8 +155,10 @@ def _decode(data: bytes, where: str) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot decode image {where} ({exc}); the file is corrupt, replace it") from None
     if size != IMAGE_SIZE:
-        raise DataError(f"image {where} is {size[0]}x{size[1]}, expected {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} "
-                        f"({NUM_MEL} mel bins wide, {NUM_FRAMES} frames high)")
+        raise DataError(
+            f"image {where} is {size[0]}x{size[1]}, expected {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} "
+            f"({NUM_MEL} mel bins wide, {NUM_FRAMES} frames high)"
+        )
     if mode != "L":
         raise DataError(f"image {where} is mode {mode}, expected 8-bit grayscale (L)")
     return arr
@@ -185,8 +191,9 @@ class _JpegSource:
                     return False
                 return _list_rel(name) is not None
 
-            self.lists = {_list_rel(n): _parse_list(d, f"{path} member {n!r}")
-                          for n, d in archive.iter_tar(path, select)}
+            self.lists = {
+                _list_rel(n): _parse_list(d, f"{path} member {n!r}") for n, d in archive.iter_tar(path, select)
+            }
             self.images = sorted({_image_rel(n) for n in names})
         if not self.images:
             raise DataError(f"{path} holds no <class>/*.jpg images: not the log-mel JPEG layout")
@@ -221,11 +228,22 @@ def _load_jpeg(split: str, path: Path) -> ArrayDataset:
         x = src.read(rels, f"decoding speech_commands_logmel/{split}")
         y = np.array([_folder_label(r.split("/", 1)[0]) for r in rels], dtype=np.int64)
         x = (x.astype(np.float32) / 255.0)[:, None]
-        return ArrayDataset(INFO.name, split, x, y, list(CLASSES),
-                            f"{path} (shared log-mel JPEG copy of Speech Commands v0.02, 98x40, MLC/T 12 classes)")
+        return ArrayDataset(
+            INFO.name,
+            split,
+            x,
+            y,
+            list(CLASSES),
+            f"{path} (shared log-mel JPEG copy of Speech Commands v0.02, 98x40, MLC/T 12 classes)",
+        )
 
-    files = [path] if path.is_file() else sorted(
-        [p for p in path.rglob("*") if p.is_file() and (p.suffix == ".jpg" or p.name.endswith("_list.txt"))])
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(
+            [p for p in path.rglob("*") if p.is_file() and (p.suffix == ".jpg" or p.name.endswith("_list.txt"))]
+        )
+    )
     ds = cached(INFO.name, f"{split}-jpeg-v{VERSION}", files, build)
     return replace(ds, split=split)
 
@@ -263,8 +281,10 @@ def _test_root(data_dir: Path) -> tuple[Path, str]:
                 archive.extract_tar(tar, dest)
             root = dest / TEST_FOLDER if (dest / TEST_FOLDER).is_dir() else dest
             return root, f"{tar} extracted to {root}"
-    raise DataError(f"the official Speech Commands test WAVs are not at {folder} or {data_dir / TEST_ARCHIVES[0]}; "
-                    f"put {TEST_ARCHIVES[0]} there (or use split test_jpeg, the JPEG set's own test list)")
+    raise DataError(
+        f"the official Speech Commands test WAVs are not at {folder} or {data_dir / TEST_ARCHIVES[0]}; "
+        f"put {TEST_ARCHIVES[0]} there (or use split test_jpeg, the JPEG set's own test list)"
+    )
 
 
 def center_clip(samples: np.ndarray) -> np.ndarray:
@@ -279,7 +299,7 @@ def center_clip(samples: np.ndarray) -> np.ndarray:
     s = s[:CLIP_SAMPLES]
     out = np.zeros(CLIP_SAMPLES, np.int16)
     left = (CLIP_SAMPLES - len(s)) // 2
-    out[left:left + len(s)] = s
+    out[left : left + len(s)] = s
     return out
 
 
@@ -288,8 +308,9 @@ def read_test_wavs(data_dir: Path) -> tuple[np.ndarray, np.ndarray, list[Path], 
     root, origin = _test_root(data_dir)
     items = test_wav_files(root)
     clips = np.zeros((len(items), CLIP_SAMPLES), np.int16)
-    for i, (f, _) in enumerate(tqdm(items, desc="reading test WAVs", unit="clip", file=sys.stderr,
-                                    disable=None, leave=False)):
+    for i, (f, _) in enumerate(
+        tqdm(items, desc="reading test WAVs", unit="clip", file=sys.stderr, disable=None, leave=False)
+    ):
         clips[i] = center_clip(read_wav(f))
     y = np.array([lab for _, lab in items], dtype=np.int64)
     return clips, y, [f for f, _ in items], origin
@@ -301,9 +322,15 @@ def _load_test_wav(data_dir: Path) -> ArrayDataset:
 
     def build() -> ArrayDataset:
         clips, y, _, _ = read_test_wavs(data_dir)
-        return ArrayDataset(INFO.name, "test", logmel_images(clips), y, list(CLASSES),
-                            f"{origin} (official Speech Commands v0.02 12-class test WAVs, MLC/T's test set, "
-                            f"through the log-mel front end; trained on the shared log-mel JPEG copy {ARCHIVE})")
+        return ArrayDataset(
+            INFO.name,
+            "test",
+            logmel_images(clips),
+            y,
+            list(CLASSES),
+            f"{origin} (official Speech Commands v0.02 12-class test WAVs, MLC/T's test set, "
+            f"through the log-mel front end; trained on the shared log-mel JPEG copy {ARCHIVE})",
+        )
 
     ds = cached(INFO.name, f"test-wav-v{TEST_VERSION}", files, build)
     return replace(ds, split="test")
@@ -320,5 +347,7 @@ def load_speech_commands_logmel(split: str, data_dir: Path, download: bool) -> A
         return _load_jpeg(split, folder)
     if tar.is_file():
         return _load_jpeg(split, tar)
-    raise DataError(f"the log-mel JPEG set is not at {folder} or {tar} (it has no download URL); put {ARCHIVE} "
-                    "there, or point TINYROBUST_DATA or --data-dir at the folder holding it")
+    raise DataError(
+        f"the log-mel JPEG set is not at {folder} or {tar} (it has no download URL); put {ARCHIVE} "
+        "there, or point TINYROBUST_DATA or --data-dir at the folder holding it"
+    )

@@ -1,1 +1,2 @@
-"""Reports: the reproduce pipeline (train -> attack -> report) and its Markdown/HTML output."""
+"""Reports: grids, the comparison rules, the Markdown/HTML output and the Pareto front. Reads run and
+attack result files; imports nothing from train/ or attacks/ (the pipeline that runs them is reproduce/)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import TinyRobustError
-from .stats import accuracy_with_ci, paired_difference, robust_flags
+from ..stats import accuracy_with_ci, paired_difference, robust_flags
 
 SCHEMA = 2
 MASKING_NOTE = "gradient masking suspected"

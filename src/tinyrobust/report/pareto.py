@@ -23,8 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..io_utils import sha256_file
 from ..rundir import CONFIG_FILE, ROBUSTNESS_FILE, SUMMARY_FILE, WEIGHTS_FILE
+from ..stats import accuracy_with_ci, format_ci, wilson
 from .compare import _indices, check_schema, ekey, masked, worst_case
-from .stats import accuracy_with_ci, format_ci, wilson
 
 PARETO_EPS = (2.0, 8.0)  # the robust quantities drawn, where the grid has them
 PAPER_KB = 410.0

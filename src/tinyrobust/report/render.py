@@ -22,9 +22,9 @@ from ..errors import TinyRobustError
 from ..io_utils import atomic_write, atomic_write_json, atomic_write_text, sha256_file
 from ..paths import portable_record, portable_text
 from ..rundir import ROBUSTNESS_FILE, SUMMARY_FILE, WEIGHTS_FILE
+from ..stats import format_ci
 from .compare import MASKING_NOTE, check_schema, compare, cumulative, ekey, faced, masked, survived_both
 from .grid import Grid
-from .stats import format_ci
 
 # Headline figures of Ayaz et al. (IJCNN 2023 abstract): proposed minus MLCommons/Tiny model,
 # in accuracy points, averaged over the attack family.

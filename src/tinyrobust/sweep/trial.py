@@ -58,8 +58,8 @@ def score_run(
     from ..attacks.runner import eps_key, run_attacks
     from ..data.loader import stratified_subset
     from ..inference import batched_accuracy
-    from ..report.stats import wilson
     from ..runs import load_run
+    from ..stats import wilson
     from ..train.jacobian import frobenius_estimate
 
     loaded = load_run(run_dir)

@@ -42,7 +42,7 @@ def add_parser(sub) -> str:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from .reproduce import reproduce
+    from .pipeline import reproduce
 
     out = args.out or f"results/{args.dataset}-{args.budget}"
     path = reproduce(

@@ -16,10 +16,10 @@ from typing import Any, Dict, List, Optional
 from ..errors import RunLocked, TinyRobustError
 from ..io_utils import atomic_write_json, check_writable
 from ..paths import portable_path, portable_record
+from ..report.grid import Grid, GridModel, load_grid
 from ..resources import configs_dir as configs_dir_of
 from ..rundir import CONFIG_FILE, WEIGHTS_FILE, is_finished, run_lock
 from ..rundir import machine as rundir_machine
-from .grid import Grid, GridModel, load_grid
 
 STAGES = ("train", "attack", "report")
 
@@ -302,7 +302,7 @@ def reproduce(
     meta["stage_seconds"]["+".join(stages) + "@" + time.strftime("%Y-%m-%dT%H:%M:%S")] = round(time.time() - t0, 1)
     atomic_write_json(meta_path, portable_record(meta, data_dir))
     if "report" in stages:
-        from .render import write_report
+        from ..report.render import write_report
 
         report = write_report(grid, budget, out, extra_runs=extra_runs, data_dir=data_dir)
         _log(f"report written: {report} (and {report.with_suffix('.html')})")

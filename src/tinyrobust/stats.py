@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from ..errors import TinyRobustError
+from .errors import TinyRobustError
 
 Z95 = 1.959963984540054  # two-sided 95% standard normal quantile
 

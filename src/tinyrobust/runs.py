@@ -25,9 +25,25 @@ class LoadedRun:
     summary: Dict[str, Any]
 
 
-def load_run(run_dir: str | Path) -> LoadedRun:
+def model_for_config(cfg: RunConfig) -> tuple[torch.nn.Module, Any]:
+    """A fresh (untrained) model as a run config describes it, and its dataset's facts: the one place
+    that turns a config into a model (training, loading a run, the report's KB count, sweeps)."""
     from .data import dataset_info
     from .models import build_model
+
+    info = dataset_info(cfg.data.dataset)
+    model = build_model(
+        cfg.model.name,
+        num_classes=info.num_classes,
+        input_shape=info.input_shape,
+        mean=info.mean,
+        std=info.std,
+        quant=cfg.model.quant,
+    )
+    return model, info
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -40,15 +56,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
             f"`tinyrobust train --config {run_dir / CONFIG_FILE} --run-dir {run_dir} --resume`"
         )
     cfg = load_config(run_dir / CONFIG_FILE)
-    info = dataset_info(cfg.data.dataset)
-    model = build_model(
-        cfg.model.name,
-        num_classes=info.num_classes,
-        input_shape=info.input_shape,
-        mean=info.mean,
-        std=info.std,
-        quant=cfg.model.quant,
-    )
+    model, info = model_for_config(cfg)
     load_weights(run_dir / WEIGHTS_FILE, model)
     model.eval()
     return LoadedRun(run_dir, cfg, config_to_dict(cfg), model, info, read_summary(run_dir))

@@ -53,20 +53,11 @@ def recompute_weight_kb(run_dir: Path) -> float:
     """Weight KB of a run's model, counted by this version (from its config: the count does not
     depend on the weights' values)."""
     from ..config import load_config
-    from ..data import dataset_info
     from ..export.footprint import footprint_table
-    from ..models import build_model
+    from ..runs import model_for_config
 
     cfg = load_config(Path(run_dir) / CONFIG_FILE)
-    info = dataset_info(cfg.data.dataset)
-    model = build_model(
-        cfg.model.name,
-        num_classes=info.num_classes,
-        input_shape=info.input_shape,
-        mean=info.mean,
-        std=info.std,
-        quant=cfg.model.quant,
-    )
+    model, info = model_for_config(cfg)
     return float(footprint_table(model, info.input_shape)["weight_kb"])
 
 

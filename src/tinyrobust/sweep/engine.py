@@ -195,8 +195,7 @@ def check_trials(spec: SweepSpec, data_dir: Optional[str] = None) -> None:
     """Checks that need a model (jr.layers block names), once per distinct model config, before any
     trial starts."""
     from ..config import ConfigError
-    from ..data import dataset_info
-    from ..models import build_model
+    from ..runs import model_for_config
     from ..train.jacobian import check_jr_layers
 
     seen = set()
@@ -206,16 +205,8 @@ def check_trials(spec: SweepSpec, data_dir: Optional[str] = None) -> None:
         if key in seen:
             continue
         seen.add(key)
-        info = dataset_info(c.data.dataset)
         try:
-            model = build_model(
-                c.model.name,
-                num_classes=info.num_classes,
-                input_shape=info.input_shape,
-                mean=info.mean,
-                std=info.std,
-                quant=c.model.quant,
-            )
+            model, _ = model_for_config(c)
             check_jr_layers(model, c.jr.layers)
         except TinyRobustError as exc:
             label = ", ".join(f"{k}={v}" for k, v in t.values.items())

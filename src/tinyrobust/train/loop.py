@@ -117,7 +117,7 @@ def prepare(cfg: RunConfig, data_dir: Optional[str] = None, need_train: bool = T
     from ..data import dataset_info, load_dataset
     from ..data.loader import stratified_subset, to_tensors
     from ..data.splits import split_dataset, split_record
-    from ..models import build_model
+    from ..runs import model_for_config
 
     info = dataset_info(cfg.data.dataset)
     ddir = data_dir or cfg.data.data_dir
@@ -138,14 +138,7 @@ def prepare(cfg: RunConfig, data_dir: Optional[str] = None, need_train: bool = T
     if cfg.data.test_subset and cfg.data.test_subset < len(test_ds):
         idx = stratified_subset(test_ds.y, cfg.data.test_subset, cfg.seed)
     test_x, test_y = to_tensors(test_ds, idx)
-    model = build_model(
-        cfg.model.name,
-        num_classes=info.num_classes,
-        input_shape=info.input_shape,
-        mean=info.mean,
-        std=info.std,
-        quant=cfg.model.quant,
-    )
+    model, _ = model_for_config(cfg)
     return Prepared(cfg, model, info, train_ds, test_x, test_y, test_ds.source, val_ds, val_record)
 
 

@@ -279,8 +279,9 @@ def fake_run(monkeypatch, model, data):
         )
     }
     runs = types.ModuleType("tinyrobust.runs")
+    other = train(1)  # a separately trained model: what a folder named "surrogate..." holds
     runs.load_run = lambda run_dir: SimpleNamespace(
-        model=model,
+        model=other if Path(run_dir).name.startswith("surrogate") else model,
         config={"data": {"dataset": "toy"}, "model": {"name": "tiny-cnn"}},
         run_dir=Path(run_dir),
         dataset_info=state["info"],
@@ -371,3 +372,41 @@ def test_cli_attack_end_to_end(fake_run, tmp_path, capsys):
     assert saved["attacks"]["pgd"]["params"]["steps"] == 5
     with pytest.raises(AttackError, match="unknown parameter pgd.stepz"):
         cli_run(parser.parse_args(["attack", "--run", str(tmp_path), "--attacks", "pgd", "--set", "pgd.stepz=5"]))
+
+
+def test_cli_cascade_and_several_surrogates(fake_run, tmp_path, capsys):
+    """--surrogate KEY=RUN (repeatable) gives one transfer@KEY each, never a transfer from the target
+    itself; --cascade attacks each image only until one attack breaks it; bad --surrogate: one line."""
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    run, sur = tmp_path / "run", tmp_path / "surrogate_a"
+    argv = [
+        "attack",
+        "--run",
+        str(run),
+        "--attacks",
+        "fgsm,pgd,transfer",
+        "--eps",
+        "8",
+        "--n",
+        "16",
+        "--set",
+        "pgd.steps=3",
+        "--set",
+        "transfer.steps=3",
+        "--cascade",
+        "--out",
+        str(tmp_path / "o"),
+        "--surrogate",
+        f"a={sur}",
+        "--surrogate",
+        f"self={run}",
+    ]
+    assert cli_run(parser.parse_args(argv)) == 0
+    saved = json.loads((tmp_path / "o" / "robustness.json").read_text())
+    assert saved["cascade"] == ["fgsm", "pgd", "transfer@a"] and "transfer@self" in saved["skipped"]
+    assert "." in saved["attacks"]["transfer@a"]["results"]["8"]["robust"] or (
+        saved["attacks"]["transfer@a"]["results"]["8"]["n_attacked"] < saved["n_clean_correct"]
+    )
+    with pytest.raises(AttackError, match="KEY=RUN"):
+        cli_run(parser.parse_args(argv[:-4] + ["--surrogate", str(sur), "--surrogate", "b="]))

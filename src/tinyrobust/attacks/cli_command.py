@@ -30,7 +30,20 @@ def add_parser(subparsers) -> str:
     p.add_argument("--seed", type=int, default=0, help="seed of the subset and of the attacks (default: 0)")
     p.add_argument("--data-dir", metavar="D", help="dataset folder (default: $TINYROBUST_DATA or the cache)")
     p.add_argument("--out", metavar="DIR", help="where to write robustness.json (default: the run directory)")
-    p.add_argument("--surrogate", metavar="RUN", help="separately trained run to craft transfer attacks on")
+    p.add_argument(
+        "--surrogate",
+        action="append",
+        default=[],
+        metavar="[KEY=]RUN",
+        help="separately trained run to craft transfer attacks on; repeat as KEY=RUN for several "
+        "(one transfer@KEY entry each, e.g. --surrogate qnn_float=runs/qnn_float)",
+    )
+    p.add_argument(
+        "--cascade",
+        action="store_true",
+        help="run each attack only on the images every earlier one left correct (AutoAttack's rule; "
+        "what reproduce does): the per-image worst case at the least cost",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -78,6 +91,25 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
     return parse_set_items(items, depth=2, form="ATTACK.KEY=VALUE", example="pgd.steps=50", error=AttackError)
 
 
+def parse_surrogates(items: list[str]) -> tuple[str | None, dict[str, str]]:
+    """``["RUN"]`` -> (RUN, {}); ``["a=RUN1", "b=RUN2"]`` -> (None, {a: RUN1, b: RUN2})."""
+    if not items:
+        return None, {}
+    if len(items) == 1 and "=" not in items[0]:
+        return items[0], {}
+    named = {}
+    for item in items:
+        key, sep, run = item.partition("=")
+        if not (sep and key.strip() and run.strip()):
+            raise AttackError(
+                f"--surrogate: give KEY=RUN when there are several, e.g. qnn_float=runs/qnn_float; got {item!r}"
+            )
+        if key.strip() in named:
+            raise AttackError(f"--surrogate: key {key.strip()!r} given twice")
+        named[key.strip()] = run.strip()
+    return None, named
+
+
 def run(args: argparse.Namespace) -> int:
     from .evaluate import attack_run, format_table, list_attacks
 
@@ -88,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         raise AttackError("tinyrobust attack needs --run DIR (or --list to see the attacks)")
     if args.eot is not None and args.eot < 1:
         raise AttackError(f"--eot must be >= 1; got {args.eot}")
+    surrogate_run, surrogate_runs = parse_surrogates(args.surrogate)
     results = attack_run(
         args.run_dir,
         args.attacks,
@@ -96,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         data_dir=args.data_dir,
         out=args.out,
-        surrogate_run=args.surrogate,
+        surrogate_run=surrogate_run,
+        surrogate_runs=surrogate_runs,
+        cascade=args.cascade,
         params=parse_overrides(args.overrides),
         eot_samples=args.eot,
         batch_size=args.batch_size,

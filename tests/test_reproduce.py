@@ -270,7 +270,27 @@ def test_reproduce_bad_input(tmp_path, capsys):
     assert main(["reproduce", "--dataset", "cifar10", "--budget", "huge", "--out", str(tmp_path / "o")]) == 2
     assert "unknown budget 'huge'" in capsys.readouterr().err
     assert main(["reproduce", "--dataset", "cifar10", "--grid-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "no reproduce grid for dataset 'cifar10'" in capsys.readouterr().err
+    assert "no reproduce grid named 'cifar10'" in capsys.readouterr().err
+    assert main(["reproduce", "--budget", "quick", "--out", str(tmp_path / "o")]) == 2  # neither
+    assert "--dataset (its own grid) or --grid NAME" in capsys.readouterr().err
+    assert main(["reproduce", "--dataset", "cifar10", "--grid", "cifar10", "--out", str(tmp_path / "o")]) == 2
+    assert "one of the two" in capsys.readouterr().err
+    assert main(["reproduce", "--grid", "nope", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no reproduce grid named 'nope'" in err and "cifar10_adversarial" in err
+
+
+def test_adversarial_grid_builds_every_model_with_its_training_attack():
+    """The adversarial-training grid (issue 13) loads, names CIFAR-10, and every model's config trains
+    adversarially with a validation split; the JR variants add JR."""
+    from tinyrobust.reproduce.pipeline import grid_path
+
+    grid = load_grid(grid_path("cifar10_adversarial"))
+    assert grid.dataset == "cifar10" and {"quick", "full"} <= set(grid.budgets)
+    for m in grid.models:
+        cfg = grid.run_config(m, "full")
+        assert cfg.train.adversarial.method != "none" and cfg.data.val_size > 0, m.key
+        assert (cfg.jr.weight > 0 or any(cfg.jr.layers.values())) == m.key.endswith("_jr"), m.key
 
 
 def test_reproduce_models_option_picks_and_orders(tmp_path, capsys, monkeypatch):

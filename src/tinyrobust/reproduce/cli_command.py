@@ -14,7 +14,15 @@ def add_parser(sub) -> str:
         description="Trains what is missing (reusing finished runs), attacks every model with the "
         "same settings, and writes report.md and report.html.",
     )
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument(
+        "--dataset",
+        help=f"the dataset whose grid to run ({', '.join(DATASETS)}); its grid is configs/reproduce/<dataset>.yaml",
+    )
+    p.add_argument(
+        "--grid",
+        help="a grid by name instead (configs/reproduce/<grid>.yaml, e.g. cifar10_adversarial); the grid "
+        "names its dataset",
+    )
     p.add_argument("--budget", default="quick", help="a budget of the grid file (quick or full; default quick)")
     p.add_argument("--out", help="output folder (default results/<dataset>-<budget>)")
     p.add_argument("--data-dir", help="where datasets live (default $TINYROBUST_DATA)")
@@ -44,9 +52,14 @@ def run(args: argparse.Namespace) -> int:
 
     from .pipeline import reproduce
 
-    out = args.out or f"results/{args.dataset}-{args.budget}"
+    from ..errors import TinyRobustError
+
+    if bool(args.dataset) == bool(args.grid):
+        raise TinyRobustError("give --dataset (its own grid) or --grid NAME, one of the two")
+    name = args.grid or args.dataset
+    out = args.out or f"results/{name}-{args.budget}"
     path = reproduce(
-        args.dataset,
+        name,
         args.budget,
         out,
         data_dir=args.data_dir,

@@ -24,14 +24,14 @@ from ..rundir import machine as rundir_machine
 STAGES = ("train", "attack", "report")
 
 
-def grid_path(dataset: str, configs_dir: Optional[str | Path] = None) -> Path:
+def grid_path(name: str, configs_dir: Optional[str | Path] = None) -> Path:
+    """The grid file ``<name>.yaml``: a dataset's own grid (``cifar10``) or any other grid by name
+    (``cifar10_adversarial``); the grid names its dataset."""
     base = Path(configs_dir) if configs_dir else configs_dir_of("reproduce")
-    p = base / f"{dataset}.yaml"
+    p = base / f"{name}.yaml"
     if not p.is_file():
         avail = sorted(q.stem for q in base.glob("*.yaml")) if base.is_dir() else []
-        raise TinyRobustError(
-            f"no reproduce grid for dataset {dataset!r} ({p}); available: {', '.join(avail) or 'none'}"
-        )
+        raise TinyRobustError(f"no reproduce grid named {name!r} ({p}); available: {', '.join(avail) or 'none'}")
     return p
 
 
@@ -284,7 +284,7 @@ def reproduce(
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     meta.update(
         {
-            "dataset": dataset,
+            "dataset": grid.dataset,
             "budget": budget,
             "grid": _grid_record(grid.path, data_dir),
             "seed": seed,

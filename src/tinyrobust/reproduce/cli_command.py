@@ -50,9 +50,8 @@ def add_parser(sub) -> str:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from .pipeline import reproduce
-
     from ..errors import TinyRobustError
+    from .pipeline import reproduce
 
     if bool(args.dataset) == bool(args.grid):
         raise TinyRobustError("give --dataset (its own grid) or --grid NAME, one of the two")

@@ -360,3 +360,22 @@ def test_a_killed_attack_keeps_the_eps_it_finished(model, data, tmp_path, monkey
         }
 
     assert strip(again) == strip(full)
+
+
+def test_square_inside_autoattack_counts_as_a_black_box_break(model, data):
+    """A model whose gradients are useless (input rounding) survives the gradient attacks and falls to
+    AutoAttack's Square stage: the per-image check must see that (stage letters in robustness.json)
+    even though no standalone black-box attack ran, and a normal model still passes."""
+    params = {
+        "pgd": {"steps": 5},
+        "autoattack": {"steps": 5, "n_target_classes": 3, "square_queries": 300},
+        "masking": {"checks": "black_box_only_breaks"},
+    }
+    kw = dict(params=params, cascade=True, progress=False)
+    res = run_attacks(RoundedInput(model), *data, ["pgd", "autoattack"], [8], **kw)
+    entry = res["attacks"]["autoattack"]["results"]["8"]
+    assert set(entry["stages"]) <= set("ctfs-") and "s" in entry["stages"]
+    assert [c["passed"] for c in res["masking_checks"]["checks"]] == [False]
+
+    res = run_attacks(model, *data, ["pgd", "autoattack"], [8], **kw)
+    assert [c["passed"] for c in res["masking_checks"]["checks"]] == [True], res["masking_checks"]

@@ -17,6 +17,11 @@ import torch
 
 from .target import Target
 
+# One letter per stage for the per-image ``stages`` string of robustness.json (which stage broke the image);
+# the score-based Square stage is black-box: the masking check counts its breaks as black-box ones.
+STAGE_CODES = {"apgd-ce": "c", "apgd-t": "t", "fab-t": "f", "square": "s"}
+BLACK_BOX_STAGES = ("s",)
+
 
 class _CountingModule(torch.nn.Module):
     """The target's model as torchattacks sees it: every forward pass counts as queries."""
@@ -73,6 +78,7 @@ class StandardAutoAttack:
         self.target, self.eps = target, eps
         self.kw = dict(steps=steps, n_target_classes=n_target_classes, square_queries=square_queries)
         self.broken_by: dict[str, int] = {}  # stage -> images it broke (last generate call)
+        self.stage_of: np.ndarray = np.empty(0, dtype="<U1")  # per image: STAGE_CODES letter, "" if unbroken
 
     def generate(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         t = self.target
@@ -82,6 +88,7 @@ class StandardAutoAttack:
         x_adv = x.astype(np.float32, copy=True)
         robust = np.ones(len(x), dtype=bool)
         self.broken_by = {}
+        self.stage_of = np.full(len(x), "", dtype="<U1")
         for name, attack in stages:
             idx = np.flatnonzero(robust)
             if len(idx) == 0:
@@ -95,5 +102,6 @@ class StandardAutoAttack:
                 fooled = (t.logits(adv).argmax(1) != yb).cpu().numpy()
                 x_adv[b[fooled]] = adv.cpu().numpy()[fooled]
                 robust[b[fooled]] = False
+                self.stage_of[b[fooled]] = STAGE_CODES[name]
             self.broken_by[name] = int(len(idx) - robust[idx].sum())
         return x_adv

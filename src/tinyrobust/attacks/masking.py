@@ -9,8 +9,9 @@ white-box numbers are not trustworthy (the worst case over all attacks still is 
 2. ``large_eps_breaks_model``: PGD at a huge budget (default 64/255) must leave <= 5 %.
 3. ``white_box_beats_black_box``: best white-box attack <= best black-box attack at every eps
    (own accuracies; skipped under cascade, where check 4 is the exact per-image form).
-4. ``black_box_only_breaks``: images broken by some black-box attack and by no white-box attack;
-   flagged when more than the tolerance (max(2 images, 1 % of n)) at some eps.
+4. ``black_box_only_breaks``: images broken by some black-box attack (standalone, or the Square stage
+   of standard AutoAttack) and by no white-box attack (nor AutoAttack's gradient stages); flagged when
+   more than the tolerance (max(2 images, 1 % of n)) at some eps.
 5. ``more_steps_not_worse``: PGD-100 must do at least as well as PGD-20, at the largest probed
    eps where PGD-20 leaves >= 20 % (where more steps have something left to break).
 6. ``deterministic_outputs``: the same input twice must give the same logits (measured, not the
@@ -196,24 +197,40 @@ def _white_vs_black(results: dict, tol: float) -> dict:
 
 
 def _black_only(results: dict, tol: float) -> dict:
-    """Per image: broken by a black-box attack ('0' on a clean-correct image) and by no white-box one."""
+    """Per image: broken by a black-box attack ('0' on a clean-correct image) and by no white-box one.
+
+    Standard AutoAttack (family "ensemble") counts stage by stage from its per-image ``stages`` string:
+    an image its Square stage broke is a black-box break, one its APGD/FAB stages broke a white-box
+    break. This is where a model that fools gradient attacks shows (issue 11: APGD leaves 44% where
+    Square-5000 leaves 21%), so the check cannot pass just because Square ran inside AutoAttack."""
+    from .autoattack import BLACK_BOX_STAGES
+
     name = "black_box_only_breaks"
     clean = results.get("clean_correct")
     fams = {a: e["family"] for a, e in results["attacks"].items()}
-    if clean is None or "white" not in fams.values() or "black" not in fams.values():
+    has_black = "black" in fams.values() or "ensemble" in fams.values()
+    if clean is None or "white" not in fams.values() or not has_black:
         return _result(name, None, "skipped: needs at least one white-box and one black-box attack")
     n = results["n"]
     limit = tol * n
-    parts, failed = [], False
+    parts, failed, unattributed = [], False, []
     for e in results["eps"]:
         k = f"{e:g}"
         strings = {a: results["attacks"][a]["results"][k]["robust"] for a in fams}
+        stages = {a: results["attacks"][a]["results"][k].get("stages") for a in fams if fams[a] == "ensemble"}
+        unattributed += [f"{a} at {k}/255" for a, st in stages.items() if st is None and "0" in strings[a]]
         count = 0
         for i in range(n):
             if clean[i] != "1":
                 continue
             white = any(strings[a][i] == "0" for a in fams if fams[a] == "white")
             black = any(strings[a][i] == "0" for a in fams if fams[a] == "black")
+            for a, st in stages.items():
+                if st is not None and strings[a][i] == "0":
+                    if st[i] in BLACK_BOX_STAGES:
+                        black = True
+                    else:
+                        white = True
             count += black and not white
         failed |= count > limit
         parts.append(f"{k}/255: {count} ({_pct(count / n)})")
@@ -222,6 +239,11 @@ def _black_only(results: dict, tol: float) -> dict:
         order = [fams[a] for a in results["cascade"] if fams.get(a) in ("white", "black")]
         if "white" in order and "black" in order and order.index("black") < len(order) - order[::-1].index("white") - 1:
             order_note = " (a black-box attack ran before a white-box one in the cascade: count is an upper bound)"
+    if unattributed:
+        order_note += (
+            "; not counted: breaks of " + ", ".join(unattributed) + " (run before per-stage attribution was "
+            "recorded: attack again to count its Square stage)"
+        )
     return _result(
         name, not failed, f"images broken only by black-box attacks, limit {limit:g}: " + ", ".join(parts) + order_note
     )

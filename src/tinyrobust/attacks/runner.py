@@ -129,7 +129,12 @@ def _generate(
     seconds = time.perf_counter() - t0
     x_adv = np.clip(x_adv, x - eps, x + eps) if eps is not None else x_adv
     queries = len(x) if spec.needs_surrogate else target.queries
+    global _LAST_STAGES  # an ensemble's per-image stage letters (standard AutoAttack), for the masking check
+    _LAST_STAGES = getattr(attack, "stage_of", None)
     return np.clip(x_adv, 0.0, 1.0), queries, seconds
+
+
+_LAST_STAGES = None
 
 
 def _query_stats(spec: AttackSpec, queries: int, n_attacked: int) -> dict:
@@ -469,14 +474,13 @@ def _run_one(
             attacked[idx] = True
             linf, l2 = np.full(n, np.inf), np.full(n, np.inf)
             linf[idx], l2[idx] = _norms(x[idx], x_adv)
-            record(
-                k,
-                attacked,
-                broken_at,
-                linf,
-                l2,
-                {**_query_stats(spec, queries, len(idx)), "wall_time_s": round(seconds, 3)},
-            )
+            extra = {**_query_stats(spec, queries, len(idx)), "wall_time_s": round(seconds, 3)}
+            stages = _LAST_STAGES if len(idx) else None
+            if stages is not None and len(stages) == len(idx):  # which stage broke each image ('-': none)
+                per_image = np.full(n, "-", dtype="<U1")
+                per_image[idx] = np.where(stages == "", "-", stages)
+                extra["stages"] = "".join(per_image)
+            record(k, attacked, broken_at, linf, l2, extra)
             if part_extra is not None:
                 parts[0].save(f"{name}@eps{k}", p, part_extra, entry["results"][k], {"mask": masks[k]})
             bar.update()

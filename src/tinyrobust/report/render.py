@@ -31,6 +31,9 @@ from .grid import Grid
 PAPER_DELTAS = {
     ("cifar10", "white"): 8.3,
     ("speech_commands", "black"): 79.5,
+    # the same claim, checked on the genuine log-mel set (trained on 8-bit log-mel JPEGs, not MFCCs: the
+    # report names the dataset copy, so the comparison carries that caveat)
+    ("speech_commands_logmel", "black"): 79.5,
     ("svhn", "black"): 6.5,
 }
 

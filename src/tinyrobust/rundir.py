@@ -35,6 +35,9 @@ SUMMARY_FILE = "summary.json"
 ENV_FILE = "env.json"
 LOCK_FILE = ".lock"
 ROBUSTNESS_FILE = "robustness.json"  # written by `tinyrobust attack` beside (or for) a run
+ROBUSTNESS_ONNX_FILE = "robustness_onnx.json"  # black-box attacks on the exported file of a run
+ONNX_FILE = "model.onnx"  # the verified ONNX (QCDQ) export reproduce attacks
+ONNX_VERIFY_FILE = "model.onnx.verify.json"  # its verification record (agreement with PyTorch)
 
 # the packages whose versions a record names, when installed (optional extras included)
 RECORDED_PACKAGES = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import AttackError
-from ..rundir import ROBUSTNESS_FILE
+from ..rundir import ROBUSTNESS_FILE, ROBUSTNESS_ONNX_FILE
 
 DEFAULT_ATTACKS = "pgd,autoattack,square"
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         eot_samples=args.eot,
         batch_size=args.batch_size,
         onnx_path=args.onnx,
-        out_name="robustness_onnx.json" if args.onnx else ROBUSTNESS_FILE,
+        out_name=ROBUSTNESS_ONNX_FILE if args.onnx else ROBUSTNESS_FILE,
         target=args.target,
     )
     print(format_table(results))

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..errors import TinyRobustError
 from ..io_utils import atomic_write, atomic_write_json, atomic_write_text, sha256_file
 from ..paths import portable_record, portable_text
-from ..rundir import ROBUSTNESS_FILE, SUMMARY_FILE, WEIGHTS_FILE
+from ..rundir import ONNX_VERIFY_FILE, ROBUSTNESS_FILE, ROBUSTNESS_ONNX_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from ..stats import format_ci
 from .compare import MASKING_NOTE, check_schema, compare, cumulative, ekey, faced, masked, survived_both
 from .grid import Grid
@@ -77,12 +77,12 @@ def collect(grid: Grid, out: Path, budget: Optional[str] = None) -> Dict[str, An
     for m in grid.models:
         summary = _load(out / "runs" / m.key / SUMMARY_FILE)
         attacks = _load(out / "attacks" / m.key / ROBUSTNESS_FILE)
-        onnx = _load(out / "attacks" / m.key / "robustness_onnx.json")
+        onnx = _load(out / "attacks" / m.key / ROBUSTNESS_ONNX_FILE)
         if attacks is not None:
             check_schema(m.key, attacks, f"attacks/{m.key}/{ROBUSTNESS_FILE}")
             check_fresh(out, m.key, attacks)
         if onnx is not None:
-            check_schema(m.key, onnx, f"attacks/{m.key}/robustness_onnx.json")
+            check_schema(m.key, onnx, f"attacks/{m.key}/{ROBUSTNESS_ONNX_FILE}")
         models.append(
             {
                 "key": m.key,
@@ -92,7 +92,7 @@ def collect(grid: Grid, out: Path, budget: Optional[str] = None) -> Dict[str, An
                 "summary": summary,
                 "attacks": attacks,
                 "onnx_attacks": onnx,
-                "onnx_verify": _load(out / "runs" / m.key / "model.onnx.verify.json"),
+                "onnx_verify": _load(out / "runs" / m.key / ONNX_VERIFY_FILE),
             }
         )
     white, black = grid.attacks_for(budget) if budget else (grid.white, grid.black)

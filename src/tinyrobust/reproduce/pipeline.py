@@ -18,7 +18,7 @@ from ..io_utils import atomic_write_json, check_writable
 from ..paths import portable_path, portable_record
 from ..report.grid import Grid, GridModel, load_grid
 from ..resources import configs_dir as configs_dir_of
-from ..rundir import CONFIG_FILE, WEIGHTS_FILE, is_finished, run_lock
+from ..rundir import CONFIG_FILE, ONNX_FILE, ONNX_VERIFY_FILE, ROBUSTNESS_ONNX_FILE, WEIGHTS_FILE, is_finished, run_lock
 from ..rundir import machine as rundir_machine
 
 STAGES = ("train", "attack", "report")
@@ -235,8 +235,8 @@ def onnx_attack(
     b = grid.budget(budget)
     n = grid.attack_n(budget, key)
     run_dir = out / "runs" / key
-    onnx = run_dir / "model.onnx"
-    if not (onnx.is_file() and (run_dir / "model.onnx.verify.json").is_file()):
+    onnx = run_dir / ONNX_FILE
+    if not (onnx.is_file() and (run_dir / ONNX_VERIFY_FILE).is_file()):
         _log(f"export {key} to ONNX (verified on the test set)")
         export_run(run_dir, "onnx", onnx, n=min(1000, n * 5), data_dir=data_dir, seed=seed)
     _log(f"attack the exported {onnx.name} of {key}: {', '.join(grid.onnx_attacks)}")
@@ -251,7 +251,7 @@ def onnx_attack(
         progress=progress,
         params={k: v for k, v in (b.get("attack_params") or {}).items() if k in grid.onnx_attacks},
         onnx_path=onnx,
-        out_name="robustness_onnx.json",
+        out_name=ROBUSTNESS_ONNX_FILE,
     )
 
 

@@ -218,7 +218,11 @@ def _black_only(results: dict, tol: float) -> dict:
         k = f"{e:g}"
         strings = {a: results["attacks"][a]["results"][k]["robust"] for a in fams}
         stages = {a: results["attacks"][a]["results"][k].get("stages") for a in fams if fams[a] == "ensemble"}
-        unattributed += [f"{a} at {k}/255" for a, st in stages.items() if st is None and "0" in strings[a]]
+        unattributed += [
+            f"{a} at {k}/255"
+            for a, st in stages.items()
+            if st is None and results["attacks"][a]["results"][k].get("n_broken", 0) > 0
+        ]
         count = 0
         for i in range(n):
             if clean[i] != "1":

@@ -475,7 +475,7 @@ def _run_one(
             linf, l2 = np.full(n, np.inf), np.full(n, np.inf)
             linf[idx], l2[idx] = _norms(x[idx], x_adv)
             extra = {**_query_stats(spec, queries, len(idx)), "wall_time_s": round(seconds, 3)}
-            stages = _LAST_STAGES if len(idx) else None
+            stages = _LAST_STAGES if len(idx) else (np.empty(0, "<U1") if spec.family == "ensemble" else None)
             if stages is not None and len(stages) == len(idx):  # which stage broke each image ('-': none)
                 per_image = np.full(n, "-", dtype="<U1")
                 per_image[idx] = np.where(stages == "", "-", stages)

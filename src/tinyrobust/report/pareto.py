@@ -355,7 +355,7 @@ def plots(pareto: Dict[str, Any]) -> Dict[str, bytes]:
             ax.errorbar(
                 x,
                 y,
-                yerr=[[y - 100 * a["ci95"][0]], [100 * a["ci95"][1] - y]],
+                yerr=[[max(0.0, y - 100 * a["ci95"][0])], [max(0.0, 100 * a["ci95"][1] - y)]],
                 fmt="none",
                 ecolor=col,
                 alpha=0.5,

@@ -93,6 +93,7 @@ def collect(grid: Grid, out: Path, budget: Optional[str] = None) -> Dict[str, An
                 "attacks": attacks,
                 "onnx_attacks": onnx,
                 "onnx_verify": _load(out / "runs" / m.key / ONNX_VERIFY_FILE),
+                "weight_kb": _weight_kb(out / "runs" / m.key, summary),
             }
         )
     white, black = grid.attacks_for(budget) if budget else (grid.white, grid.black)
@@ -141,6 +142,20 @@ def _mark(m: Dict[str, Any]) -> str:
     return f" ({MASKING_NOTE})" if masked(m["attacks"]) else ""
 
 
+def _weight_kb(run_dir: Path, summary: Optional[Dict[str, Any]]) -> Optional[float]:
+    """Weight KB counted by this version's footprint (scales and folded BatchNorm biases included), from
+    the run's config; the summary's own figure only when the model cannot be rebuilt (older summaries
+    hold the count without scales and folded biases)."""
+    from .pareto import recompute_weight_kb
+
+    if not summary:
+        return None
+    try:
+        return recompute_weight_kb(run_dir)
+    except Exception:  # noqa: BLE001 - a config this version cannot build: keep the recorded figure
+        return summary.get("weight_kb")
+
+
 def tables(data: Dict[str, Any]) -> Dict[str, Table]:
     eps = data["eps"]
     cmp = data["comparison"]
@@ -158,7 +173,7 @@ def tables(data: Dict[str, Any]) -> Dict[str, Table]:
                 q.get("weight", "float"),
                 q.get("act", "float"),
                 f"{s.get('parameters', 0):,}" if s else "-",
-                f"{s['weight_kb']:.1f}" if s else "-",
+                f"{m['weight_kb']:.1f}" if m.get("weight_kb") is not None else "-",
                 _pct(s.get("test_accuracy")) if s else "not trained",
                 str(s.get("epochs", "-")) if s else "-",
             ]
@@ -380,8 +395,9 @@ def plots(data: Dict[str, Any]) -> Dict[str, bytes]:
         for idx, m in enumerate(attacked):
             wc = cmp["models"][m["key"]]["worst_case"]
             ys = [100 * wc[ekey(e)]["robust_accuracy"] for e in eps]
-            lo = [y - 100 * wc[ekey(e)]["ci95"][0] for y, e in zip(ys, eps)]
-            hi = [100 * wc[ekey(e)]["ci95"][1] - y for y, e in zip(ys, eps)]
+            # max(0, .): interval ends are stored rounded, so an end can sit a hair inside the estimate
+            lo = [max(0.0, y - 100 * wc[ekey(e)]["ci95"][0]) for y, e in zip(ys, eps)]
+            hi = [max(0.0, 100 * wc[ekey(e)]["ci95"][1] - y) for y, e in zip(ys, eps)]
             shift = 2 ** (0.06 * (idx - (len(attacked) - 1) / 2))  # side by side, so the intervals stay readable
             ax.errorbar(
                 [e * shift for e in eps],

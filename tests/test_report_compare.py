@@ -85,6 +85,11 @@ def test_nested_subsets_are_compared_on_the_shared_first_images():
     assert d["n"] == 5 and d["delta"] == pytest.approx(4 / 5 - 3 / 5)
     assert cmp["models"]["p"]["worst_case"]["2"]["n"] == 10  # own accuracy on its own n
 
+    # a third model attacked on more images pairs with the proposed one on all 10, not on the smallest n
+    q = make_res(CLEAN, {"pgd": {0}, "square": set()}, ["pgd", "square"], indices=range(10))
+    cmp = compare([model("p", "proposed", p), model("r", "reference", r), model("q", "ablation", q)], EPS)
+    assert {d["other"]: d["n"] for d in cmp["deltas"]} == {"r": 5, "q": 10}
+
 
 def test_refuses_different_image_subsets():
     p = make_res(CLEAN, {"pgd": {0}}, ["pgd"], indices=range(10))

@@ -204,15 +204,19 @@ def compare(models: Sequence[Dict[str, Any]], eps: Sequence[float]) -> Dict[str,
     proposed = next((m for m in models if m["role"] == "proposed"), None)
     if proposed is not None:
         for other in sorted((m for m in models if m is not proposed), key=lambda m: _ROLE_ORDER.get(m["role"], 9)):
+            # each pair on the images both were attacked on: subsets are nested, so the first n_pair
+            # images of either (500 for two 500-image models, 200 when one has 200)
+            n_pair = min(len(proposed["attacks"]["clean_correct"]), len(other["attacks"]["clean_correct"]))
             for e in eps:
-                a, _ = worst_case(proposed["attacks"], common, e, n_shared)
-                b, _ = worst_case(other["attacks"], common, e, n_shared)
+                a, _ = worst_case(proposed["attacks"], common, e, n_pair)
+                b, _ = worst_case(other["attacks"], common, e, n_pair)
                 deltas.append(
                     {
                         "proposed": proposed["key"],
                         "other": other["key"],
                         "role": other["role"],
                         "eps": ekey(e),
+                        "n": n_pair,
                         **paired_difference(a, b),
                     }
                 )

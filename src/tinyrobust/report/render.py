@@ -214,7 +214,7 @@ def tables(data: Dict[str, Any]) -> Dict[str, Table]:
             rows.append(
                 [labels[other] + _mark(by_key[other]), by_key[other]["role"]]
                 + ["not headlined: gradient masking suspected, no gradient-free attack in the common set"] * len(eps)
-                + [str(cmp["n_shared"])]
+                + [str(ds[ekey(eps[0])].get("n", cmp["n_shared"]))]
             )
             continue
         rows.append(
@@ -224,7 +224,7 @@ def tables(data: Dict[str, Any]) -> Dict[str, Table]:
                 f"{100 * ds[ekey(e)]['ci95'][1]:+.1f}]"
                 for e in eps
             ]
-            + [str(cmp["n_shared"])]
+            + [str(ds[ekey(eps[0])].get("n", cmp["n_shared"]))]
         )
     t["deltas"] = (
         ["proposed minus", "role"] + [f"eps {e:g}/255 points [paired 95% CI]" for e in eps] + ["n (shared)"],
@@ -559,16 +559,16 @@ def _sections(
     data: Dict[str, Any], t: Dict[str, Table], pareto_notes: Optional[List[str]] = None
 ) -> List[Tuple[str, str, List[str], Optional[Table]]]:
     """(level, title, paragraphs, table) in report order; shared by Markdown and HTML."""
-    cmp = data["comparison"]
     s: List[Tuple[str, str, List[str], Optional[Table]]] = [
         ("##", "Headline: worst-case robust accuracy (%)", _common_note(data), t["headline"]),
         (
             "##",
             "Proposed model minus each other model (points)",
             [
-                f"Paired on the same {cmp['n_shared']} images (the first {cmp['n_shared']} of every model's subset), "
-                f"worst case over the common set; interval: Newcombe's paired score interval (95%). An interval that "
-                f"excludes 0 is a difference these images can show."
+                "Each pair on the images both models were attacked on (subsets are nested: the first n of each; "
+                "n per row), "
+                "worst case over the common set; interval: Newcombe's paired score interval (95%). An interval that "
+                "excludes 0 is a difference these images can show."
             ],
             t["deltas"],
         ),

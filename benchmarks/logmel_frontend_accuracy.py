@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from tinyrobust.config import load_config
-from tinyrobust.data import dataset_info, load_dataset, to_tensors
+from tinyrobust.data import load_dataset, to_tensors
 from tinyrobust.data.speech_commands import CLASSES, SILENCE
-from tinyrobust.models import build_model
+from tinyrobust.rundir import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE
+from tinyrobust.runs import model_for_config
 from tinyrobust.train.checkpoint import load_checkpoint, load_weights
-from tinyrobust.train.loop import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
@@ -54,15 +54,7 @@ def main() -> None:
     torch.set_num_threads(1)
     run = Path(a.run)
     cfg = load_config(run / CONFIG_FILE)
-    info = dataset_info(cfg.data.dataset)
-    model = build_model(
-        cfg.model.name,
-        num_classes=info.num_classes,
-        input_shape=info.input_shape,
-        mean=info.mean,
-        std=info.std,
-        quant=cfg.model.quant,
-    )
+    model, info = model_for_config(cfg)
     if (run / WEIGHTS_FILE).is_file():
         load_weights(run / WEIGHTS_FILE, model)
         state = f"finished ({cfg.train.epochs} epochs)"

@@ -17,6 +17,7 @@ from tinyrobust.errors import ConfigError
 from tinyrobust.models import build_model
 from tinyrobust.models.base import plan_layers
 from tinyrobust.resources import configs_dir, shipped_configs
+from tinyrobust.runs import model_for_config
 from tinyrobust.train.jacobian import check_jr_layers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,15 +33,7 @@ def readme_training_yaml() -> str:
 
 
 def build_for(cfg):
-    info = dataset_info(cfg.data.dataset)
-    return build_model(
-        cfg.model.name,
-        num_classes=info.num_classes,
-        input_shape=info.input_shape,
-        mean=info.mean,
-        std=info.std,
-        quant=cfg.model.quant,
-    )
+    return model_for_config(cfg)[0]
 
 
 def test_readme_example_config_works_as_written(tmp_path):

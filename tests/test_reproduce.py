@@ -63,7 +63,10 @@ def write_grid(folder: Path, grid: dict) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("name", ["cifar10", "svhn", "speech_commands"])
+SHIPPED_GRIDS = ["cifar10", "svhn", "speech_commands", "speech_commands_logmel", "speech_commands_wav"]
+
+
+@pytest.mark.parametrize("name", [*SHIPPED_GRIDS, "cifar10_adversarial"])
 def test_shipped_grids_validate(name):
     grid = load_grid(REPO / "configs" / "reproduce" / f"{name}.yaml")
     assert sum(m.role == "proposed" for m in grid.models) == 1
@@ -88,12 +91,42 @@ def test_shipped_grids_validate(name):
         ({"budgets": {"quick": {"epochs": 1, "attack_n": 0}}}, "attack_n must be an integer >= 1"),
         ({"budgets": {"quick": {"epochs": 1, "cascade": "yes"}}}, "cascade must be true or false"),
         ({"onnx_attacks": ["transfer"]}, "transfer is not supported"),
+        ({"domain": "audio"}, "domain 'audio'; choose one of: feature, waveform"),
+        ({"domain": "waveform"}, "domain waveform needs dataset speech_commands_logmel"),
+        ({"eps_unit": "samples"}, "eps_unit samples needs domain waveform"),
+        ({"eps_unit": "db"}, "eps_unit 'db'; choose one of"),
+        ({"runs_dir": "/abs/runs"}, "runs_dir must be a folder relative to the output folder"),
+        ({"extends": "nosuchgrid"}, "extends 'nosuchgrid', but .*nosuchgrid.yaml does not exist"),
+        ({"extends": "cifar10"}, "extends 'cifar10' makes a cycle"),
     ],
 )
 def test_bad_grids_are_rejected_with_the_key(tmp_path, change, message):
     folder = write_grid(tmp_path / "g", tiny_grid(**change))
     with pytest.raises(ConfigError, match=message):
         load_grid(folder / "cifar10.yaml")
+
+
+def test_extends_merges_the_parent_grid_and_waveform_eps_are_in_samples(tmp_path):
+    folder = write_grid(tmp_path / "g", tiny_grid())
+    child = {
+        "extends": "cifar10",
+        "eps": [2, 8],
+        "budgets": {"quick": {"attack_n": 5}},
+        "attacks": {"white": ["fgsm"], "black": ["square"]},
+    }
+    (folder / "child.yaml").write_text(yaml.safe_dump(child))
+    g = load_grid(folder / "child.yaml")
+    assert [m.key for m in g.models] == ["qnn_int4_jr", "resnet", "qnn_float"]  # from the parent
+    assert g.budget("quick")["attack_n"] == 5 and g.budget("quick")["epochs"] == 2  # mappings merge
+    assert g.white == ["fgsm"] and g.black == ["square"] and g.surrogates == ["qnn_float", "resnet"]
+    assert g.domain == "feature" and g.eps_label(2.0) == "2/255" and g.runs_root(tmp_path) == tmp_path / "runs"
+
+    wav = load_grid(REPO / "configs" / "reproduce" / "speech_commands_wav.yaml")
+    assert wav.domain == "waveform" and wav.dataset == "speech_commands_logmel"
+    assert wav.eps[0] == pytest.approx(8 / 257) and wav.eps_label(wav.eps[0]) == "8 samples"
+    assert wav.onnx_attacks == [] and len(wav.models) == 7  # the log-mel grid's models
+    lm = load_grid(REPO / "configs" / "reproduce" / "speech_commands_logmel.yaml")
+    assert [wav.run_config(m, "full") for m in wav.models] == [lm.run_config(m, "full") for m in lm.models]
 
 
 def test_skip_attacks_of_a_budget(tmp_path):

@@ -359,3 +359,113 @@ def test_reproduce_grid_builds_every_model_on_98x40():
         quant=cfg.model.quant,
     )
     assert net(torch.rand(2, *info.input_shape)).shape == (2, 12) and cfg.jr.weight > 0
+
+
+# ---------------------------------------------------------------- the waveform-domain grid
+
+
+def _tiny_logmel_grid() -> dict:
+    """The shipped log-mel grid cut to three models and a seconds-scale budget."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    grid = yaml.safe_load((repo / "configs" / "reproduce" / "speech_commands_logmel.yaml").read_text())
+    keep = {"qnn_kws_ternary_jr", "mlc_dscnn_float", "qnn_kws_float"}
+    grid["models"] = [m for m in grid["models"] if m["key"] in keep]
+    grid["models"][[m["key"] for m in grid["models"]].index("qnn_kws_ternary_jr")]["role"] = "proposed"
+    grid["surrogates"] = ["qnn_kws_float"]
+    grid["base"]["train"].update(threads=1, batch_size=8)
+    grid["budgets"] = {
+        "tiny": {
+            "epochs": 1,
+            "attack_n": 6,
+            "cascade": True,
+            "attack_params": {
+                "pgd": {"steps": 2},
+                "apgd": {"steps": 2},
+                "bpda": {"steps": 2},
+                "autoattack": {"steps": 2, "n_target_classes": 2, "square_queries": 6},
+                "square": {"queries": 6},
+                "masking": {"few_steps": 2, "many_steps": 3},
+            },
+        }
+    }
+    return grid
+
+
+@pytest.mark.slow  # trains three tiny keyword models and attacks them on waveforms: ~30 s on 2 cores
+def test_waveform_grid_attacks_the_log_mel_runs_on_the_test_wavs(logmel, tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+
+    import yaml
+
+    from tinyrobust.cli import main
+
+    monkeypatch.setenv("TINYROBUST_DATA", str(logmel))
+    monkeypatch.setenv("TINYROBUST_THREADS", "1")
+    monkeypatch.chdir(tmp_path)
+    grids = tmp_path / "grids"
+    grids.mkdir()
+    (grids / "speech_commands_logmel.yaml").write_text(yaml.safe_dump(_tiny_logmel_grid(), sort_keys=False))
+    shutil.copy(Path(__file__).resolve().parents[1] / "configs" / "reproduce" / "speech_commands_wav.yaml", grids)
+    common = ["--budget", "tiny", "--grid-dir", str(grids), "--quiet"]
+    # the log-mel grid trains; its default output is results/speech_commands_logmel-tiny
+    assert main(["reproduce", "--dataset", "speech_commands_logmel", "--stages", "train", *common]) == 0
+    runs = tmp_path / "results" / "speech_commands_logmel-tiny" / "runs"
+    weights = {k: (runs / k / "model.safetensors").read_bytes() for k in ("qnn_kws_ternary_jr", "mlc_dscnn_float")}
+    # the waveform grid finds those runs by its runs_dir, trains nothing, attacks the waveforms
+    assert main(["reproduce", "--grid", "speech_commands_wav", *common]) == 0
+    out = tmp_path / "results" / "speech_commands_wav-tiny"
+    assert not (out / "runs").exists()
+    assert all((runs / k / "model.safetensors").read_bytes() == w for k, w in weights.items())
+    res = json.loads((out / "attacks" / "qnn_kws_ternary_jr" / "robustness.json").read_text())
+    meta = res["meta"]
+    assert meta["domain"] == "waveform" and meta["dataset"] == "speech_commands_wav"
+    assert meta["trained_on"] == "speech_commands_logmel" and "16-bit samples" in meta["threat_model"]
+    assert list(res["attacks"]) == ["fgsm", "pgd", "apgd", "bpda", "autoattack", "square", "transfer@qnn_kws_float"]
+    assert sorted(res["attacks"]["fgsm"]["results"]) == sorted(f"{e / 257:g}" for e in (8, 32, 128, 512))
+    assert meta["subset"]["n"] == 6
+    md = (out / "report.md").read_text()
+    assert "eps 8 samples % [95% CI]" in md and "eps 512 samples" in md and "16-bit samples" in md
+    assert "/work/" not in md and str(tmp_path) not in md
+    # --runs-dir names the runs folder instead (kept relative to the output folder in what is written)
+    out2 = tmp_path / "elsewhere"
+    assert (
+        main(["reproduce", "--grid", "speech_commands_wav", "--out", str(out2), "--runs-dir", str(runs), *common]) == 0
+    )
+    assert json.loads((out2 / "attacks" / "mlc_dscnn_float" / "robustness.json").read_text())["meta"]["domain"] == (
+        "waveform"
+    )
+
+
+def test_square_moves_a_segment_on_waveforms_and_a_square_on_images():
+    from tinyrobust.attacks.torch_attacks import SquareLinf
+
+    assert SquareLinf._window(0.05, 1, 16000) == (1, 800)
+    assert SquareLinf._window(1.0, 1, 16000) == (1, 15999)
+    assert SquareLinf._window(0.05, 32, 32) == (7, 7)  # AutoAttack's rule on images, unchanged
+    assert SquareLinf._window(1e-6, 32, 32) == (1, 1)
+
+
+def test_autoattack_square_stage_on_height_one_inputs_is_the_segment_square():
+    """torchattacks' Square cannot search (N, 1, 1, T) inputs; the standard AutoAttack swaps in ours."""
+    from tinyrobust.attacks.autoattack import StandardAutoAttack, _SquareOneD
+    from tinyrobust.attacks.target import Target
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(400, 10)).eval()
+    target = Target(net, (1, 1, 400), 10, batch_size=16)
+    x = np.full((4, 1, 1, 400), 0.5, dtype=np.float32)
+    y = net(torch.from_numpy(x)).argmax(1).numpy()
+    aa = StandardAutoAttack(target, 1e-6, steps=2, n_target_classes=2, square_queries=5)  # eps too small to break
+    used = []
+    orig = _SquareOneD.__call__
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(_SquareOneD, "__call__", lambda self, a, b: used.append(len(a)) or orig(self, a, b))
+    try:
+        adv = aa.generate(x, y)
+    finally:
+        monkey.undo()
+    assert adv.shape == x.shape and np.abs(adv - x).max() <= 2e-6
+    assert used == [4] and aa.broken_by["square"] == 0  # every survivor went through our Square

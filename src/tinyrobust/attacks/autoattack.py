@@ -8,6 +8,7 @@ attacks run with the reference budgets (100 steps, 9 target classes, Square 5000
 on the images the previous ones left correctly classified, through a module that counts every
 forward pass as target queries; APGD/APGD-T average gradients over the target's EOT samples.
 ``benchmarks/autoattack_compare.py`` compares this with ``torchattacks.AutoAttack`` run directly.
+On 1-D inputs of height 1 (waveforms) the Square stage is ours (:class:`_SquareOneD`, same budget).
 """
 
 from __future__ import annotations
@@ -69,6 +70,22 @@ def standard_attacks(
     return attacks
 
 
+class _SquareOneD:
+    """The Square stage for 1-D inputs stored with height 1 (waveforms, (N, 1, 1, T)): torchattacks'
+    Square draws a square of side sqrt(p T) on a height-1 input, which indexes outside it (its
+    window start is drawn from a negative range) and does not search properly; ours
+    (:class:`.torch_attacks.SquareLinf`) moves a segment of p T samples. Same query budget."""
+
+    def __init__(self, module: torch.nn.Module, target: Target, eps: float, queries: int):
+        from .torch_attacks import SquareLinf
+
+        inner = Target(module, target.input_shape, target.num_classes, batch_size=target.batch_size)
+        self.square = SquareLinf(inner, eps, queries=queries)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.square.generate(x.cpu().numpy(), y.cpu().numpy())).to(x.device)
+
+
 class StandardAutoAttack:
     """APGD-CE -> APGD-T -> FAB-T -> Square-5000, each on the survivors (torchattacks 3.5.1)."""
 
@@ -85,6 +102,11 @@ class StandardAutoAttack:
         module = _CountingModule(t).eval()
         seed = int(torch.initial_seed() % (2**31))  # the runner seeds each (attack, eps) job
         stages = standard_attacks(module, self.eps, t.num_classes, eot_samples=t.eot_samples, seed=seed, **self.kw)
+        if x.ndim == 4 and x.shape[2] == 1:  # a 1-D signal: torchattacks' Square cannot search it
+            stages = [
+                (n, _SquareOneD(module, t, self.eps, self.kw["square_queries"]) if n == "square" else a)
+                for n, a in stages
+            ]
         x_adv = x.astype(np.float32, copy=True)
         robust = np.ones(len(x), dtype=bool)
         self.broken_by = {}

@@ -58,7 +58,13 @@ THREAT_MODELS = {
     "image": "L-inf in [0, 1] pixel space (normalisation is inside the model); eps in pixel units /255",
     "audio": "L-inf in the model's input-feature domain scaled to [0, 1] by the feature range; eps in "
     "units of 1/255 of that range (not a waveform-domain budget)",
+    "waveform": "L-inf on the 16-bit samples of the 1 s clip (data/waveform.py): the input is the waveform "
+    "in [0, 1] = (sample + 32768) / 65535, so eps k/255 is k * 257 sample units; white-box gradients "
+    "pass through the differentiable log-mel front end, black-box attacks query waveform in, label out",
 }
+# Where the attacker acts: on the model's own input ("feature": pixels, log-mel images), or, for a model
+# trained on speech_commands_logmel, on the waveform in front of the log-mel front end.
+DOMAINS = ("feature", "waveform")
 
 
 def _check_match(x: np.ndarray, y: np.ndarray, info, model: torch.nn.Module, dataset: str, who: str) -> None:
@@ -75,6 +81,21 @@ def _check_match(x: np.ndarray, y: np.ndarray, info, model: torch.nn.Module, dat
             f"dataset {dataset!r} has labels up to {labels - 1} but {who} outputs {out_classes} "
             f"classes (trained for {want_classes}); evaluate it on the dataset it was trained on"
         )
+
+
+def _domain_wrapper(domain: str, dataset: str, onnx_path, run_dir):
+    """The function that turns a trained model into what the attacker of ``domain`` queries."""
+    if domain == "feature":
+        return lambda model: model
+    if dataset != "speech_commands_logmel":
+        raise AttackError(
+            f"the waveform domain needs a run trained on speech_commands_logmel; {run_dir} was trained on {dataset!r}"
+        )
+    if onnx_path is not None:
+        raise AttackError("the exported ONNX file takes log-mel images, not waveforms: attack it in the feature domain")
+    from ..data.waveform import WaveformModel
+
+    return lambda model: WaveformModel(model).eval()
 
 
 def _model_name(config: dict):
@@ -102,6 +123,7 @@ def attack_run(
     surrogate_runs: dict | None = None,
     cascade: bool = False,
     white_box_in_full: bool = True,
+    domain: str = "feature",
 ) -> dict:
     """Attack the model of ``run_dir``; ``attacks`` is a name list or a spec like ``"white,square"``.
 
@@ -116,6 +138,10 @@ def attack_run(
     is the single-surrogate shorthand, entry ``transfer``); a surrogate whose model.safetensors is the
     target's (same sha256) is skipped and the reason recorded in ``skipped``. ``cascade=True`` runs
     each attack only on the images every earlier one left correct (see :func:`run_attacks`).
+
+    ``domain="waveform"`` attacks a ``speech_commands_logmel`` run on the official test WAVs through the
+    differentiable log-mel front end (:class:`tinyrobust.data.waveform.WaveformModel`; surrogates are
+    wrapped the same way); eps is then in 1/255 of the 16-bit sample range (257 sample units).
 
     ``eot_samples=None`` uses 8 EOT samples for a model that is stochastic (declared or measured) and 1
     otherwise. Writes ``robustness.json`` atomically into ``out`` (default: the run dir) and returns it."""
@@ -139,6 +165,8 @@ def attack_run(
             expanded += [f"{TRANSFER_PREFIX}{k}" for k in surrogate_runs] if a == "transfer" else [a]
         names = list(dict.fromkeys(expanded))
     budgets = validate_eps(eps)
+    if domain not in DOMAINS:
+        raise AttackError(f"unknown attack domain {domain!r}; choose one of: {', '.join(DOMAINS)}")
     if n <= 0:
         raise AttackError(f"--n must be a positive number of test images; got {n}")
     run = load_run(run_dir)
@@ -154,12 +182,18 @@ def attack_run(
 
         run.model = OnnxClassifierModule(onnx_path)
     dataset = run.config["data"]["dataset"]
+    trained_on = dataset
+    wrap = _domain_wrapper(domain, dataset, onnx_path, run.run_dir)
+    if domain == "waveform":
+        from ..data.waveform import WAV_INFO as wav_info
+
+        dataset = wav_info.name
     ds = load_dataset(dataset, "test", data_dir)
     indices = np.asarray(nested_stratified_order(ds.y, min(n, len(ds.y)), seed))
     x_t, y_t = to_tensors(ds, indices)
     x, y = x_t.numpy().astype(np.float32, copy=False), y_t.numpy().astype(np.int64, copy=False)
-    info = run.dataset_info
-    _check_match(x, y, info, run.model, dataset, f"the model in {run.run_dir}")
+    info = wav_info if domain == "waveform" else run.dataset_info
+    _check_match(x, y, info, wrap(run.model), dataset, f"the model in {run.run_dir}")
 
     model_sha = file_sha256(Path(run.run_dir) / WEIGHTS_FILE)
     wanted = {split_transfer(a)[1] or "transfer": a for a in names if get_attack(a).needs_surrogate}
@@ -177,19 +211,19 @@ def attack_run(
             )
             continue
         sur = load_run(sdir)
-        if sur.config["data"]["dataset"] != dataset:
+        if sur.config["data"]["dataset"] != trained_on:
             raise AttackError(
                 f"surrogate run {sur.run_dir} was trained on {sur.config['data']['dataset']!r}, "
-                f"the target on {dataset!r}; use a surrogate trained on {dataset!r}"
+                f"the target on {trained_on!r}; use a surrogate trained on {trained_on!r}"
             )
-        _check_match(x, y, sur.dataset_info, sur.model, dataset, f"the surrogate in {sur.run_dir}")
-        surrogates[key] = sur.model
+        surrogates[key] = wrap(sur.model)
+        _check_match(x, y, info, surrogates[key], dataset, f"the surrogate in {sur.run_dir}")
     surrogate = surrogates.pop("transfer", None) if surrogate_run is not None else None
 
     eot = eot_samples if eot_samples is not None else DEFAULT_STOCHASTIC_EOT  # used only if the model is random
     from .target import attack_model  # "frozen" (default) or "brevitas": same logits, see models/freeze.py
 
-    attacked = run.model if onnx_path is not None else attack_model(run.model, target)
+    attacked = run.model if onnx_path is not None else wrap(attack_model(run.model, target))
     results = run_attacks(
         attacked,
         x,
@@ -203,7 +237,9 @@ def attack_run(
         cascade=cascade,
         white_box_in_full=white_box_in_full,
         params=params,
-        model_id=file_sha256(onnx_path) if onnx_path is not None else model_sha,
+        model_id=file_sha256(onnx_path)
+        if onnx_path is not None
+        else (model_sha if domain == "feature" else f"{model_sha}+{domain}"),
         eot_samples=eot,
         batch_size=batch_size,
         progress=progress,
@@ -221,10 +257,14 @@ def attack_run(
         "run_dir": _relative(run.run_dir),
         "model": _model_name(run.config),
         "dataset": dataset,
+        "trained_on": trained_on,
+        "domain": domain,
         "model_sha256": model_sha,
         "dataset_source": dataset_source(getattr(ds, "source", None), resolve_data_dir(data_dir)),
         "data_kind": info.kind,
-        "threat_model": THREAT_MODELS.get(info.kind, THREAT_MODELS["image"]),
+        "threat_model": THREAT_MODELS["waveform"]
+        if domain == "waveform"
+        else THREAT_MODELS.get(info.kind, THREAT_MODELS["image"]),
         "subset": {
             "split": "test",
             "n": len(indices),

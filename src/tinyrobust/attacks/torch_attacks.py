@@ -168,6 +168,17 @@ class SquareLinf:
         halvings = sum(i > t for t in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
         return self.p_init / 2**halvings
 
+    @staticmethod
+    def _window(p: float, h: int, w: int) -> tuple[int, int]:
+        """Height and width of the window covering a fraction ``p`` of the input: a square of side
+        sqrt(p h w) for images (AutoAttack's rule), a segment of p w samples for a 1-D signal stored
+        as height 1 (a waveform): a square there would be one sample wide and the attack would
+        barely move."""
+        if h == 1:
+            return 1, max(min(int(round(p * w)), w - 1), 1)
+        s = max(min(int(round(math.sqrt(p * h * w))), h - 1, w - 1), 1)
+        return s, s
+
     def _batch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         eps = self.eps
@@ -180,11 +191,11 @@ class SquareLinf:
             if len(active) == 0:
                 break
             k = len(active)
-            s = max(min(int(round(math.sqrt(self._p(i) * h * w))), h - 1, w - 1), 1)
-            top = torch.randint(0, h - s + 1, (k, 1), device=x.device)
-            left = torch.randint(0, w - s + 1, (k, 1), device=x.device)
-            in_h = (rows >= top) & (rows < top + s)
-            in_w = (cols >= left) & (cols < left + s)
+            sh, sw = self._window(self._p(i), h, w)
+            top = torch.randint(0, h - sh + 1, (k, 1), device=x.device)
+            left = torch.randint(0, w - sw + 1, (k, 1), device=x.device)
+            in_h = (rows >= top) & (rows < top + sh)
+            in_w = (cols >= left) & (cols < left + sw)
             square = (in_h[:, None, :, None] & in_w[:, None, None, :]).float()
             signs = torch.randint(0, 2, (k, c, 1, 1), device=x.device).mul(2).sub(1)
             xa, x0 = x_best[active], x[active]

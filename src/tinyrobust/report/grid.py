@@ -10,6 +10,7 @@ from typing import Any, Dict, List
 import yaml
 
 from ..config import RunConfig, apply_overrides, config_from_dict
+from ..data.waveform import SAMPLES_PER_255TH
 from ..errors import ConfigError
 
 ROLES = ["proposed", "reference", "reference_quantized", "float", "ablation", "variant"]
@@ -24,7 +25,15 @@ TOP_KEYS = {
     "budgets",
     "models",
     "pareto_runs",
+    "domain",
+    "eps_unit",
+    "runs_dir",
+    "extends",
 }
+DOMAINS = ("feature", "waveform")  # where the attacker acts (attacks/evaluate.py)
+# eps units a grid may state its budgets in: the attack code's 1/255 of the input range, or (waveform
+# domain) 16-bit sample units, 257 of which are 1/255 of the sample range (data/waveform.py)
+EPS_UNITS = ("255ths", "samples")
 BUDGET_KEYS = {"epochs", "train_subset", "test_subset", "attack_n", "attack_params", "skip_attacks", "cascade"}
 DEFAULT_ATTACK_N = 500
 TRANSFER = "transfer"
@@ -53,6 +62,20 @@ class Grid:
     onnx_attacks: List[str] = field(default_factory=list)  # black-box attacks on the proposed model's ONNX file
     # extra run folders (paths or glob patterns, relative to the output folder) drawn on the Pareto plots
     pareto_runs: List[str] = field(default_factory=list)
+    domain: str = "feature"  # "waveform": attack speech_commands_logmel runs through the log-mel front end
+    eps_unit: str = "255ths"  # how the grid file states eps and the report labels it; self.eps is in 255ths
+    runs_dir: str = "runs"  # where the trained runs live, relative to the output folder
+
+    def runs_root(self, out: Path) -> Path:
+        """The folder holding one run folder per model key (``<out>/runs`` unless the grid reuses
+        another grid's runs, e.g. the waveform-domain grid attacks the log-mel grid's models)."""
+        return Path(out) / self.runs_dir
+
+    def eps_label(self, e: float) -> str:
+        """How the report writes one eps: ``2/255``, or ``32 samples`` for a waveform grid in samples."""
+        if self.eps_unit == "samples":
+            return f"{e * SAMPLES_PER_255TH:.4g} samples"
+        return f"{e:g}/255"
 
     def model(self, key: str) -> GridModel:
         for m in self.models:
@@ -147,8 +170,9 @@ def _check_attacks(path: Path, atk: Dict[str, Any], budgets: Dict[str, Any]) -> 
                     raise ConfigError(f"{path}: budgets.{bname}.attack_params: {exc}") from None
 
 
-def load_grid(path: str | Path) -> Grid:
-    path = Path(path)
+def _read_raw(path: Path, seen: tuple = ()) -> Dict[str, Any]:
+    """The grid file as a mapping; ``extends: <grid name>`` starts from that grid (a file in the same
+    folder) and overrides its keys (mappings merge, lists and values replace)."""
     if not path.is_file():
         raise ConfigError(f"grid file {path} not found")
     try:
@@ -159,12 +183,45 @@ def load_grid(path: str | Path) -> Grid:
     unknown = set(raw) - TOP_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(TOP_KEYS))}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    _require(isinstance(parent, str) and parent, f"{path}: extends must name a grid (a file in {path.parent})")
+    ppath = path.parent / f"{parent}.yaml"
+    _require(ppath not in seen and ppath != path, f"{path}: extends {parent!r} makes a cycle")
+    if not ppath.is_file():
+        raise ConfigError(f"{path}: extends {parent!r}, but {ppath} does not exist")
+    return _deep_merge(_read_raw(ppath, (*seen, path)), raw)
+
+
+def load_grid(path: str | Path) -> Grid:
+    path = Path(path)
+    raw = _read_raw(path)
     for k in ("dataset", "eps", "attacks", "budgets", "models"):
         _require(k in raw, f"{path}: missing key {k!r}")
+    domain = raw.get("domain", "feature")
+    _require(domain in DOMAINS, f"{path}: domain {domain!r}; choose one of: {', '.join(DOMAINS)}")
+    _require(
+        domain == "feature" or raw["dataset"] == "speech_commands_logmel",
+        f"{path}: domain waveform needs dataset speech_commands_logmel (log-mel models); got {raw['dataset']!r}",
+    )
+    eps_unit = raw.get("eps_unit", "255ths")
+    _require(eps_unit in EPS_UNITS, f"{path}: eps_unit {eps_unit!r}; choose one of: {', '.join(EPS_UNITS)}")
+    _require(eps_unit != "samples" or domain == "waveform", f"{path}: eps_unit samples needs domain waveform")
+    scale = SAMPLES_PER_255TH if eps_unit == "samples" else 1.0
     eps = raw["eps"]
     _require(
-        isinstance(eps, list) and eps and all(isinstance(e, (int, float)) and 0 < e <= 255 for e in eps),
-        f"{path}: eps must be a non-empty list of numbers in (0, 255] (pixel units /255)",
+        isinstance(eps, list)
+        and eps
+        and all(isinstance(e, (int, float)) and not isinstance(e, bool) and 0 < e / scale <= 255 for e in eps),
+        f"{path}: eps must be a non-empty list of numbers in (0, 255] (units /255)"
+        if scale == 1.0
+        else f"{path}: eps must be a non-empty list of 16-bit sample amplitudes in (0, 65535]",
+    )
+    runs_dir = raw.get("runs_dir", "runs")
+    _require(
+        isinstance(runs_dir, str) and runs_dir and not Path(runs_dir).is_absolute(),
+        f"{path}: runs_dir must be a folder relative to the output folder (e.g. ../speech_commands_logmel/runs)",
     )
     atk = raw["attacks"]
     _require(
@@ -240,7 +297,7 @@ def load_grid(path: str | Path) -> Grid:
         path,
         raw["dataset"],
         list(surrogates),
-        [float(e) for e in eps],
+        [float(e) / scale for e in eps],
         list(atk.get("white") or []),
         list(atk.get("black") or []),
         raw.get("base") or {},
@@ -248,6 +305,9 @@ def load_grid(path: str | Path) -> Grid:
         models,
         onnx_attacks,
         list(pareto_runs),
+        domain,
+        eps_unit,
+        runs_dir,
     )
     for s in grid.surrogates:
         grid.model(s)

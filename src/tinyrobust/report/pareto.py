@@ -183,7 +183,7 @@ def collect_points(data: Dict[str, Any], out: Path, extra_runs: Sequence[Path] =
     )
     points: List[Dict[str, Any]] = []
     for m in data["models"]:
-        run = out / "runs" / m["key"]
+        run = out / data.get("runs_dir", "runs") / m["key"]
         if not m["summary"]:
             continue
         kb, kb_source = weight_kb(run, m["summary"])

@@ -40,6 +40,17 @@ PAPER_DELTAS = {
 Table = Tuple[List[str], List[List[str]]]
 
 
+def _eps_label(data: Dict[str, Any], e: float) -> str:
+    """``2/255``, or the grid's own unit (``32 samples`` in the waveform domain)."""
+    return (data.get("eps_labels") or {}).get(ekey(e), f"{e:g}/255")
+
+
+def _eps_axis(data: Dict[str, Any]) -> str:
+    if data.get("domain") == "waveform":
+        return "epsilon (L-inf, 1/255 of the 16-bit sample range = 257 samples)"
+    return "epsilon (/255, L-inf)"
+
+
 def _pct(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}"
 
@@ -48,11 +59,15 @@ def _load(path: Path) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def check_fresh(out: Path, key: str, res: Dict[str, Any], name: str = ROBUSTNESS_FILE) -> None:
-    """Refuse attack results computed on other weights than the run's (or from another surrogate)."""
+def check_fresh(
+    out: Path, key: str, res: Dict[str, Any], name: str = ROBUSTNESS_FILE, runs: Optional[Path] = None
+) -> None:
+    """Refuse attack results computed on other weights than the run's (or from another surrogate);
+    ``runs``: the folder of run folders (default ``<out>/runs``)."""
     where = f"attacks/{key}/{name}"
     meta = res.get("meta") or {}
-    weights = out / "runs" / key / WEIGHTS_FILE
+    runs = out / "runs" if runs is None else runs
+    weights = runs / key / WEIGHTS_FILE
     want = meta.get("model_sha256")
     if not want:
         raise TinyRobustError(f"{where} records no model_sha256: attack model {key} again with this version")
@@ -63,7 +78,7 @@ def check_fresh(out: Path, key: str, res: Dict[str, Any], name: str = ROBUSTNESS
             f"(tinyrobust reproduce --stages attack)"
         )
     for skey, s in (meta.get("surrogates") or {}).items():
-        sw = out / "runs" / skey / WEIGHTS_FILE
+        sw = runs / skey / WEIGHTS_FILE
         if sw.is_file() and s.get("sha256") and sha256_file(sw) != s["sha256"]:
             raise TinyRobustError(
                 f"{where} is stale: its transfer@{skey} used other surrogate weights than "
@@ -74,13 +89,14 @@ def check_fresh(out: Path, key: str, res: Dict[str, Any], name: str = ROBUSTNESS
 def collect(grid: Grid, out: Path, budget: Optional[str] = None) -> Dict[str, Any]:
     """Gather every model's training summary and attack results into one JSON-able dict, and compare them."""
     models = []
+    runs = grid.runs_root(out)
     for m in grid.models:
-        summary = _load(out / "runs" / m.key / SUMMARY_FILE)
+        summary = _load(runs / m.key / SUMMARY_FILE)
         attacks = _load(out / "attacks" / m.key / ROBUSTNESS_FILE)
         onnx = _load(out / "attacks" / m.key / ROBUSTNESS_ONNX_FILE)
         if attacks is not None:
             check_schema(m.key, attacks, f"attacks/{m.key}/{ROBUSTNESS_FILE}")
-            check_fresh(out, m.key, attacks)
+            check_fresh(out, m.key, attacks, runs=runs)
         if onnx is not None:
             check_schema(m.key, onnx, f"attacks/{m.key}/{ROBUSTNESS_ONNX_FILE}")
         models.append(
@@ -92,14 +108,17 @@ def collect(grid: Grid, out: Path, budget: Optional[str] = None) -> Dict[str, An
                 "summary": summary,
                 "attacks": attacks,
                 "onnx_attacks": onnx,
-                "onnx_verify": _load(out / "runs" / m.key / ONNX_VERIFY_FILE),
-                "weight_kb": _weight_kb(out / "runs" / m.key, summary),
+                "onnx_verify": _load(runs / m.key / ONNX_VERIFY_FILE),
+                "weight_kb": _weight_kb(runs / m.key, summary),
             }
         )
     white, black = grid.attacks_for(budget) if budget else (grid.white, grid.black)
     data = {
         "dataset": grid.dataset,
         "eps": grid.eps,
+        "eps_labels": {ekey(e): grid.eps_label(e) for e in grid.eps},
+        "domain": grid.domain,
+        "runs_dir": grid.runs_dir,
         "white": white,
         "black": black,
         "models": models,
@@ -201,7 +220,10 @@ def tables(data: Dict[str, Any]) -> Dict[str, Table]:
             + [format_ci(pm["worst_case"][ekey(e)]["robust_accuracy"], pm["worst_case"][ekey(e)]["ci95"]) for e in eps]
             + [str(pm["n"])]
         )
-    t["headline"] = (["model", "role", "clean % [95% CI]"] + [f"eps {e:g}/255 % [95% CI]" for e in eps] + ["n"], rows)
+    t["headline"] = (
+        ["model", "role", "clean % [95% CI]"] + [f"eps {_eps_label(data, e)} % [95% CI]" for e in eps] + ["n"],
+        rows,
+    )
 
     labels = {m["key"]: m["label"] for m in data["models"]}
     by_key = {m["key"]: m for m in data["models"]}
@@ -227,7 +249,9 @@ def tables(data: Dict[str, Any]) -> Dict[str, Table]:
             + [str(ds[ekey(eps[0])].get("n", cmp["n_shared"]))]
         )
     t["deltas"] = (
-        ["proposed minus", "role"] + [f"eps {e:g}/255 points [paired 95% CI]" for e in eps] + ["n (shared)"],
+        ["proposed minus", "role"]
+        + [f"eps {_eps_label(data, e)} points [paired 95% CI]" for e in eps]
+        + ["n (shared)"],
         rows,
     )
 
@@ -248,7 +272,7 @@ def tables(data: Dict[str, Any]) -> Dict[str, Table]:
                 )
             cells.append(cell)
         rows.append([m["label"], ", ".join(cmp["black_common"])] + cells)
-    t["black"] = (["model", "black-box attacks"] + [f"eps {e:g}/255 % [95% CI]" for e in eps], rows)
+    t["black"] = (["model", "black-box attacks"] + [f"eps {_eps_label(data, e)} % [95% CI]" for e in eps], rows)
 
     # secondary: family means (the paper's figure of merit), masking flagged
     fam_attacks = {
@@ -306,14 +330,14 @@ def tables(data: Dict[str, Any]) -> Dict[str, Table]:
             if a not in res["attacks"]:
                 cells = [f"n/a ({reason or 'not run'})"] + ["n/a"] * (len(eps) - 1)
             rows.append([m["label"], _pct(res["clean_accuracy"])] + cells)
-        t[f"attack:{a}"] = (["model", "clean"] + [f"eps {e:g}/255" for e in eps], rows)
+        t[f"attack:{a}"] = (["model", "clean"] + [f"eps {_eps_label(data, e)}" for e in eps], rows)
 
     rows = []
     for m in attacked:
         win = m["attacks"].get("white_box_winner") or {}
         if win:
             rows.append([m["label"]] + [_winner(win.get(ekey(e))) for e in eps])
-    t["winner"] = (["model"] + [f"eps {e:g}/255" for e in eps], rows)
+    t["winner"] = (["model"] + [f"eps {_eps_label(data, e)}" for e in eps], rows)
 
     rows = []
     for m in data["models"]:
@@ -408,7 +432,7 @@ def plots(data: Dict[str, Any]) -> Dict[str, bytes]:
                 label=m["label"] + _mark(m),
                 lw=2.5 if m["role"] == "proposed" else 1.2,
             )
-        ax.set_xlabel("epsilon (/255, L-inf)")
+        ax.set_xlabel(_eps_axis(data))
         ax.set_xscale("log", base=2)
         ax.set_xticks(eps, [f"{e:g}" for e in eps])
         ax.set_ylabel("worst-case robust accuracy % (95% CI)")
@@ -434,7 +458,7 @@ def plots(data: Dict[str, Any]) -> Dict[str, bytes]:
                 ]
                 ax.plot([0] + eps, ys, marker="o", label=m["label"], lw=2.5 if m["role"] == "proposed" else 1.2)
             ax.set_title(f"after {a} ({_family_of(data, a)}-box)", fontsize=9)
-            ax.set_xlabel("epsilon (/255, L-inf)")
+            ax.set_xlabel(_eps_axis(data))
             ax.set_ylabel("accuracy %")
             ax.set_ylim(-2, 100)
             ax.grid(alpha=0.3)
@@ -476,7 +500,7 @@ def _context(grid: Grid, budget: str, out: Path, data: Dict[str, Any]) -> List[s
         f"- machine: {_machine(meta)}",
         f"- attacks: every model on the same seeded, class-stratified test images ({'/'.join(map(str, ns)) or 'n/a'} "
         f"images; smaller subsets are the first images of larger ones); L-inf budgets "
-        f"{', '.join(f'{e:g}' for e in grid.eps)} (/255); robust accuracy counts clean errors as failures",
+        f"{', '.join(grid.eps_label(e) for e in grid.eps)}; robust accuracy counts clean errors as failures",
         f"- stage durations (s): {json.dumps(meta.get('stage_seconds', {}))}",
     ]
     if data.get("skipped_attacks"):
@@ -525,9 +549,9 @@ def footprint(grid: Grid, out: Path) -> Table:
     head = ["model", "precision", "params", "weight KB", "peak act KB", "double buffer KB"]
     rows = []
     for m in grid.models:
-        if not (out / "runs" / m.key / WEIGHTS_FILE).is_file():
+        if not (grid.runs_root(out) / m.key / WEIGHTS_FILE).is_file():
             continue
-        fp = footprint_run(out / "runs" / m.key, references=False)
+        fp = footprint_run(grid.runs_root(out) / m.key, references=False)
         q = m.config.get("model", {}).get("quant", {})
         rows.append(
             [

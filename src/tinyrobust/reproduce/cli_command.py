@@ -43,6 +43,11 @@ def add_parser(sub) -> str:
         help="comma list of extra run folders or glob patterns (e.g. 'sweeps/lam/*': sweep trials) drawn on "
         "the report's robustness-vs-memory plots beside the grid's models and its pareto_runs",
     )
+    p.add_argument(
+        "--runs-dir",
+        help="where the grid's trained runs live (default: the grid's runs_dir, <out>/runs for most grids); "
+        "e.g. the waveform-domain grid speech_commands_wav reads the log-mel grid's runs",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return "reproduce"
 
@@ -69,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         models=[m.strip() for m in args.models.split(",") if m.strip()] if args.models else None,
         # taken from the working directory here (the grid's pareto_runs: from the output folder)
         extra_runs=[os.path.abspath(r.strip()) for r in (args.pareto_runs or "").split(",") if r.strip()],
+        runs_dir=args.runs_dir,
     )
     print(f"report: {path}" if path.name == "report.md" else f"results in {path}")
     return 0

@@ -8,6 +8,7 @@ reproduce run killed at any point and started again continues from the finished 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -118,9 +119,9 @@ def train_stage(
     models = grid.models if models is None else models
     summaries = {}
     for m in models:  # before any training: a stale run found late would waste the hours before it
-        check_run_matches(out / "runs" / m.key, grid.run_config(m, budget), m.key)
+        check_run_matches(grid.runs_root(out) / m.key, grid.run_config(m, budget), m.key)
     for i, m in enumerate(models, 1):
-        run_dir = out / "runs" / m.key
+        run_dir = grid.runs_root(out) / m.key
         cfg = grid.run_config(m, budget)
         if is_finished(run_dir):
             _log(f"train {i}/{len(models)} {m.key}: finished run reused")
@@ -174,12 +175,13 @@ def attack_stage(
     from ..attacks.evaluate import attack_run
 
     b = grid.budget(budget)
-    ready = [s for s in grid.surrogates if (out / "runs" / s / WEIGHTS_FILE).is_file()]
+    runs = grid.runs_root(out)
+    ready = [s for s in grid.surrogates if (runs / s / WEIGHTS_FILE).is_file()]
     results = {}
     models = grid.models if models is None else models
     cascade = grid.cascade(budget)
     for i, m in enumerate(models, 1):
-        run_dir = out / "runs" / m.key
+        run_dir = runs / m.key
         if not (run_dir / WEIGHTS_FILE).is_file():
             _log(f"attack {i}/{len(models)} {m.key}: not trained yet, skipped")
             continue
@@ -191,7 +193,7 @@ def attack_stage(
                 f"run the attack stage again once they are"
             )
             continue
-        surrogate_runs = {s: out / "runs" / s for s in (a.split("@", 1)[1] for a in names if a.startswith("transfer@"))}
+        surrogate_runs = {s: runs / s for s in (a.split("@", 1)[1] for a in names if a.startswith("transfer@"))}
         if (surrogate_runs or cascade) and not _attack_run_supports("surrogate_runs", "cascade"):
             raise TinyRobustError(
                 "this tree's attack_run (attacks/evaluate.py) takes no surrogate_runs/cascade "
@@ -203,6 +205,8 @@ def attack_stage(
             + (" (cascade: each attack on the survivors of the earlier ones)" if cascade else "")
         )
         extra = {"surrogate_runs": surrogate_runs, "cascade": cascade} if (surrogate_runs or cascade) else {}
+        if grid.domain != "feature":
+            extra["domain"] = grid.domain
         try:
             with run_lock(out / "attacks" / m.key):
                 results[m.key] = attack_run(
@@ -217,7 +221,7 @@ def attack_stage(
                     progress=progress,
                     **extra,
                 )
-                if m.role == "proposed" and grid.onnx_attacks:
+                if m.role == "proposed" and grid.onnx_attacks and grid.domain == "feature":
                     results[m.key + "@onnx"] = onnx_attack(grid, budget, out, m.key, data_dir, seed, progress)
         except RunLocked as exc:  # another reproduce process is attacking it
             _log(f"attack {i}/{len(models)} {m.key}: skipped, {exc}")
@@ -234,7 +238,7 @@ def onnx_attack(
 
     b = grid.budget(budget)
     n = grid.attack_n(budget, key)
-    run_dir = out / "runs" / key
+    run_dir = grid.runs_root(out) / key
     onnx = run_dir / ONNX_FILE
     if not (onnx.is_file() and (run_dir / ONNX_VERIFY_FILE).is_file()):
         _log(f"export {key} to ONNX (verified on the test set)")
@@ -267,13 +271,20 @@ def reproduce(
     configs_dir: Optional[str | Path] = None,
     models: Optional[List[str]] = None,
     extra_runs: Optional[List[str | Path]] = None,
+    runs_dir: Optional[str | Path] = None,
 ) -> Path:
     """Train, attack and report the grid of ``dataset``; ``extra_runs``: more run folders (or glob
     patterns) for the report's Pareto plots, beside the grid's ``pareto_runs``."""
     grid = load_grid(grid_path(dataset, configs_dir))
     grid.budget(budget)
-    chosen = select_models(grid, models)
     out = Path(out)
+    # the runs folder, kept relative to the output folder so results name no machine path
+    grid.runs_dir = (
+        os.path.relpath(os.path.abspath(runs_dir), os.path.abspath(out))
+        if runs_dir is not None
+        else grid.runs_dir.format(budget=budget)
+    )
+    chosen = select_models(grid, models)
     check_writable(out)
     stages = stages or list(STAGES)
     bad = [s for s in stages if s not in STAGES]

@@ -81,6 +81,16 @@ def write_fake_cifar10(data_dir: Path, seed: int = 0) -> Dict[str, tuple]:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread_per_module():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread_per_module")``):
+    two threads on a shared 2-core machine are ~100x slower at small batches (spin-waiting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def _fake_cifar_session(tmp_path_factory):
     root = tmp_path_factory.mktemp("fake_cifar")

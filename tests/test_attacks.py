@@ -49,13 +49,7 @@ CHEAP = {
 NO_PROBES = {"masking_checks": False, "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two threads on a shared 2-core machine are ~100x slower at small batches (spin-waiting).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # conftest: one torch thread
 
 
 class Noisy(nn.Module):

@@ -26,12 +26,7 @@ from tinyrobust.stats import wilson
 NO_PROBES = {"masking_checks": False, "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")

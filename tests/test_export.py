@@ -38,12 +38,7 @@ pytest.importorskip("qonnx")
 SHAPE = (3, 16, 16)  # qnn is fully convolutional + global pool: small inputs keep tests fast
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 def warm_model(

@@ -22,12 +22,7 @@ GRAD_RTOL = 1e-5
 SHAPES = {"qnn": (3, 32, 32), "mlc_resnet8": (3, 32, 32), "mlc_dscnn": (1, 49, 10), "qnn_kws": (1, 49, 10)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # conftest: one torch thread
 
 
 def make_model(name: str, weight: str, act: str, seed: int = 0, shape=None) -> nn.Module:

@@ -115,10 +115,11 @@ def _stats(n: int, n_correct: int, broken: np.ndarray, linf: np.ndarray, l2: np.
 
 def _generate(
     spec: AttackSpec, attacker: Target, target: Target, x: np.ndarray, y: np.ndarray, eps: float | None, params: dict
-) -> tuple[np.ndarray, int, float]:
-    """Adversarials (projected onto the threat model), target queries used, seconds."""
+) -> tuple[np.ndarray, int, float, np.ndarray | None]:
+    """Adversarials (projected onto the threat model), target queries used, seconds, and an ensemble's
+    per-image stage letters (standard AutoAttack: which stage broke each image, for the masking check)."""
     if len(x) == 0:  # nothing left to attack
-        return x.copy(), 0, 0.0
+        return x.copy(), 0, 0.0, (np.empty(0, "<U1") if spec.family == "ensemble" else None)
     try:
         attack = spec.build(attacker, eps, params)
     except ValueError as exc:  # ART rejects parameter values with ValueError
@@ -129,12 +130,7 @@ def _generate(
     seconds = time.perf_counter() - t0
     x_adv = np.clip(x_adv, x - eps, x + eps) if eps is not None else x_adv
     queries = len(x) if spec.needs_surrogate else target.queries
-    global _LAST_STAGES  # an ensemble's per-image stage letters (standard AutoAttack), for the masking check
-    _LAST_STAGES = getattr(attack, "stage_of", None)
-    return np.clip(x_adv, 0.0, 1.0), queries, seconds
-
-
-_LAST_STAGES = None
+    return np.clip(x_adv, 0.0, 1.0), queries, seconds, getattr(attack, "stage_of", None)
 
 
 def _query_stats(spec: AttackSpec, queries: int, n_attacked: int) -> dict:
@@ -466,7 +462,7 @@ def _run_one(
                     continue
             bar.set_postfix_str(f"{name} eps={e:g}")
             _seed(seed, name if name != "transfer" else spec.name, e)
-            x_adv, queries, seconds = _generate(spec, attacker, target, x[idx], y[idx], e / 255, p)
+            x_adv, queries, seconds, stages = _generate(spec, attacker, target, x[idx], y[idx], e / 255, p)
             broken_at = np.zeros(n, bool)
             if len(idx):
                 broken_at[idx] = target.predict(x_adv) != y[idx]
@@ -475,7 +471,6 @@ def _run_one(
             linf, l2 = np.full(n, np.inf), np.full(n, np.inf)
             linf[idx], l2[idx] = _norms(x[idx], x_adv)
             extra = {**_query_stats(spec, queries, len(idx)), "wall_time_s": round(seconds, 3)}
-            stages = _LAST_STAGES if len(idx) else (np.empty(0, "<U1") if spec.family == "ensemble" else None)
             if stages is not None and len(stages) == len(idx):  # which stage broke each image ('-': none)
                 per_image = np.full(n, "-", dtype="<U1")
                 per_image[idx] = np.where(stages == "", "-", stages)
@@ -489,7 +484,7 @@ def _run_one(
         _seed(seed, name)
         union = np.logical_or.reduce([alive[eps_key(e)] for e in budgets])
         idx = np.flatnonzero(union)
-        x_adv, queries, seconds = _generate(spec, attacker, target, x[idx], y[idx], None, p)
+        x_adv, queries, seconds, _ = _generate(spec, attacker, target, x[idx], y[idx], None, p)
         success = np.zeros(n, bool)
         linf_all, l2_all = np.full(n, np.inf), np.full(n, np.inf)
         if len(idx):
@@ -611,7 +606,7 @@ def _masking_probes(
     def accuracy(e: float, steps: int) -> float:
         _seed(seed, "masking", e, steps)
         p = {**pgd.defaults, "steps": steps}
-        x_adv, _, _ = _generate(pgd, target, target, xs, ys, e / 255, p)
+        x_adv, _, _, _ = _generate(pgd, target, target, xs, ys, e / 255, p)
         return int((target.predict(x_adv) == ys).sum()) / n if len(xs) else 0.0
 
     bar.set_postfix_str(f"masking probe pgd eps={cfg['large_eps']:g}")

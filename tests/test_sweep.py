@@ -257,3 +257,27 @@ def test_trial_id_depends_only_on_settings_that_differ_from_the_defaults():
     b = config_from_dict({"name": "b", "jr": {"weight": 0.01}, "train": {"threads": 2}})  # 2 is the default
     c = config_from_dict({"name": "a", "jr": {"weight": 0.02}})
     assert config_key(a) == config_key(b) != config_key(c)
+
+
+def test_a_ray_trial_runs_in_its_own_process_and_failures_come_back(tmp_path):
+    """What a Ray task runs: execute_trial in a fresh process (no Ray threads beside the training);
+    a trial that fails, or whose process dies, comes back as a failed result and is written down."""
+    from tinyrobust.sweep.trial import execute_trial_in_subprocess, read_result
+
+    payload = {
+        "key": "k1",
+        "values": {"seed": 0},
+        "config": {"name": "x", "model": {"name": "no_such_model"}},
+        "run_dir": str(tmp_path / "bad"),
+        "evaluation": {},
+        "threads": 1,
+    }
+    res = execute_trial_in_subprocess(payload)  # fails inside execute_trial (no data here): its own record
+    assert res["status"] == "failed" and res["error"] and "traceback" in res
+    assert read_result(tmp_path / "bad") == res
+
+    # the process itself dies before execute_trial can record anything (bad thread count)
+    payload = {**payload, "run_dir": str(tmp_path / "dead"), "threads": "many"}
+    res = execute_trial_in_subprocess(payload)
+    assert res["status"] == "failed" and "trial process ended with code 1" in res["error"]
+    assert "ValueError" in res["error"] and read_result(tmp_path / "dead") == res

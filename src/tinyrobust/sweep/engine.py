@@ -24,7 +24,7 @@ from ..config import config_to_dict
 from ..errors import TinyRobustError
 from ..io_utils import atomic_write_json, atomic_write_text, check_writable
 from .spec import SweepSpec, Trial
-from .trial import execute_trial, read_result
+from .trial import execute_trial, execute_trial_in_subprocess, read_result
 
 INSTALL_HINT = "Ray is not installed: pip install 'tinyrobust[sweep]' (or run trials one at a time with --local)"
 
@@ -117,7 +117,7 @@ class RayExecutor:
             raise SweepError(
                 f"cannot start Ray{f' at {address}' if address else ''}: {' '.join(str(exc).split())[:300]}"
             ) from None
-        self.task = ray.remote(num_cpus=threads, max_retries=0)(execute_trial)
+        self.task = ray.remote(num_cpus=threads, max_retries=0)(execute_trial_in_subprocess)
 
     def run(self, payloads: List[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
         ray = self.ray

@@ -190,3 +190,41 @@ def execute_trial(payload: Dict[str, Any]) -> Dict[str, Any]:
     except OSError:
         pass
     return result
+
+
+def execute_trial_in_subprocess(payload: Dict[str, Any]) -> Dict[str, Any]:
+    """:func:`execute_trial` in a fresh Python process; what a Ray task runs. The trial then trains in a
+    plain process with none of the Ray worker's own threads (RPC, heartbeats, memory monitor) competing
+    for its one core, the way a `tinyrobust train` would (``benchmarks/results/sweep_throughput.md``).
+    A process killed by a signal comes back as a failed trial."""
+    import subprocess
+    import sys
+
+    run_dir = Path(payload["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = run_dir / "sweep_payload.json"
+    spec.write_text(json.dumps(payload, default=str))
+    proc = subprocess.run([sys.executable, "-m", "tinyrobust.sweep.trial", str(spec)], capture_output=True, text=True)
+    result = read_result(run_dir)
+    if proc.returncode == 0 and result is not None:
+        return result
+    if result is not None and result.get("status") == "failed":
+        return result  # execute_trial recorded its own failure
+    from ..io_utils import atomic_write_json
+
+    last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+    result = {
+        "key": payload["key"],
+        "values": payload["values"],
+        "run": run_dir.name,
+        "status": "failed",
+        "error": f"trial process ended with code {proc.returncode}: {last[:400]}",
+    }
+    atomic_write_json(run_dir / RESULT_FILE, result)
+    return result
+
+
+if __name__ == "__main__":  # python -m tinyrobust.sweep.trial <payload.json> (execute_trial_in_subprocess)
+    import sys
+
+    execute_trial(json.loads(Path(sys.argv[1]).read_text()))

@@ -275,6 +275,7 @@ def test_a_ray_trial_runs_in_its_own_process_and_failures_come_back(tmp_path):
     res = execute_trial_in_subprocess(payload)  # fails inside execute_trial (no data here): its own record
     assert res["status"] == "failed" and res["error"] and "traceback" in res
     assert read_result(tmp_path / "bad") == res
+    assert not (tmp_path / "bad" / "sweep_payload.json").exists()  # it may name machine paths
 
     # the process itself dies before execute_trial can record anything (bad thread count)
     payload = {**payload, "run_dir": str(tmp_path / "dead"), "threads": "many"}

@@ -202,9 +202,14 @@ def execute_trial_in_subprocess(payload: Dict[str, Any]) -> Dict[str, Any]:
 
     run_dir = Path(payload["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec = run_dir / "sweep_payload.json"
+    spec = run_dir / "sweep_payload.json"  # may name machine paths (data_dir): removed when the trial ends
     spec.write_text(json.dumps(payload, default=str))
-    proc = subprocess.run([sys.executable, "-m", "tinyrobust.sweep.trial", str(spec)], capture_output=True, text=True)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tinyrobust.sweep.trial", str(spec)], capture_output=True, text=True
+        )
+    finally:
+        spec.unlink(missing_ok=True)
     result = read_result(run_dir)
     if proc.returncode == 0 and result is not None:
         return result

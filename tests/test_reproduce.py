@@ -123,7 +123,8 @@ def test_extends_merges_the_parent_grid_and_waveform_eps_are_in_samples(tmp_path
 
     wav = load_grid(REPO / "configs" / "reproduce" / "speech_commands_wav.yaml")
     assert wav.domain == "waveform" and wav.dataset == "speech_commands_logmel"
-    assert wav.eps[0] == pytest.approx(8 / 257) and wav.eps_label(wav.eps[0]) == "8 samples"
+    assert wav.eps[0] == pytest.approx(1 / 257) and wav.eps_label(wav.eps[-1]) == "8 samples"
+    assert wav.eps_label(wav.eps[0]) == "1 sample"
     assert wav.onnx_attacks == [] and len(wav.models) == 8  # the log-mel grid's models
     lm = load_grid(REPO / "configs" / "reproduce" / "speech_commands_logmel.yaml")
     assert [wav.run_config(m, "full") for m in wav.models] == [lm.run_config(m, "full") for m in lm.models]

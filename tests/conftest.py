@@ -394,3 +394,29 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 class _Crash(Exception):
     pass
+
+
+def shipped_grid_with_tiny_budget(name: str, attack_n: int = 8) -> Dict[str, Any]:
+    """The shipped reproduce grid ``name`` (same models, attacks and roles) as a dict, with one
+    seconds-scale budget ``tiny`` (1 epoch, every attack a few steps or queries)."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    grid = yaml.safe_load((repo / "configs" / "reproduce" / f"{name}.yaml").read_text())
+    grid.setdefault("base", {}).setdefault("train", {}).update(threads=1, batch_size=8)
+    grid["budgets"] = {
+        "tiny": {
+            "epochs": 1,
+            "attack_n": attack_n,
+            "cascade": True,
+            "attack_params": {
+                "pgd": {"steps": 2},
+                "apgd": {"steps": 2},
+                "bpda": {"steps": 2},
+                "autoattack": {"steps": 2, "n_target_classes": 2, "square_queries": 10},
+                "square": {"queries": 10},
+                "masking": {"few_steps": 2, "many_steps": 3},
+            },
+        }
+    }
+    return grid

@@ -13,6 +13,8 @@ from tinyrobust.errors import ConfigError, TinyRobustError
 from tinyrobust.report.grid import load_grid
 from tinyrobust.report.render import family_mean
 
+from conftest import shipped_grid_with_tiny_budget
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -456,23 +458,7 @@ def test_attack_stage_passes_surrogates_cascade_and_per_model_n(tmp_path, monkey
 
 def _shipped_grid_with_tiny_budget(dataset: str, folder: Path, attack_n: int = 8) -> Path:
     """The shipped grid of ``dataset`` (same models, attacks and roles) with a seconds-scale budget."""
-    grid = yaml.safe_load((REPO / "configs" / "reproduce" / f"{dataset}.yaml").read_text())
-    grid["base"].setdefault("train", {}).update(threads=1, batch_size=8)
-    grid["budgets"] = {
-        "tiny": {
-            "epochs": 1,
-            "attack_n": attack_n,
-            "cascade": True,
-            "attack_params": {
-                "pgd": {"steps": 2},
-                "apgd": {"steps": 2},
-                "bpda": {"steps": 2},
-                "autoattack": {"steps": 2, "n_target_classes": 2, "square_queries": 10},
-                "square": {"queries": 10},
-                "masking": {"few_steps": 2, "many_steps": 3},
-            },
-        }
-    }
+    grid = shipped_grid_with_tiny_budget(dataset, attack_n)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{dataset}.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
     return folder

@@ -20,7 +20,7 @@ from tinyrobust.data.speech_commands import CLASSES
 from tinyrobust.errors import DataError
 from tinyrobust.models import build_model
 
-from conftest import tone, write_wav
+from conftest import shipped_grid_with_tiny_budget, tone, write_wav
 
 torch.set_num_threads(1)
 
@@ -365,31 +365,12 @@ def test_reproduce_grid_builds_every_model_on_98x40():
 
 
 def _tiny_logmel_grid() -> dict:
-    """The shipped log-mel grid cut to three models and a seconds-scale budget."""
-    import yaml
-
-    repo = Path(__file__).resolve().parents[1]
-    grid = yaml.safe_load((repo / "configs" / "reproduce" / "speech_commands_logmel.yaml").read_text())
+    """The shipped log-mel grid cut to three models, with conftest's seconds-scale budget."""
+    grid = shipped_grid_with_tiny_budget("speech_commands_logmel", attack_n=6)
     keep = {"qnn_kws_ternary_jr", "mlc_dscnn_float", "qnn_kws_float"}
     grid["models"] = [m for m in grid["models"] if m["key"] in keep]
     grid["models"][[m["key"] for m in grid["models"]].index("qnn_kws_ternary_jr")]["role"] = "proposed"
     grid["surrogates"] = ["qnn_kws_float"]
-    grid["base"]["train"].update(threads=1, batch_size=8)
-    grid["budgets"] = {
-        "tiny": {
-            "epochs": 1,
-            "attack_n": 6,
-            "cascade": True,
-            "attack_params": {
-                "pgd": {"steps": 2},
-                "apgd": {"steps": 2},
-                "bpda": {"steps": 2},
-                "autoattack": {"steps": 2, "n_target_classes": 2, "square_queries": 6},
-                "square": {"queries": 6},
-                "masking": {"few_steps": 2, "many_steps": 3},
-            },
-        }
-    }
     return grid
 
 

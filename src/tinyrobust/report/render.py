@@ -204,7 +204,7 @@ def tables(data: Dict[str, Any]) -> Dict[str, Table]:
     rows = []
     for m in data["models"]:
         if not m["attacks"]:
-            rows.append([m["label"], m["role"], "not attacked"] + ["n/a"] * len(eps))
+            rows.append([m["label"], m["role"], "not attacked"] + ["n/a"] * len(eps) + ["0"])
             continue
         pm = cmp["models"][m["key"]]
         clean = format_ci(pm["clean"]["robust_accuracy"], pm["clean"]["ci95"])

@@ -265,3 +265,12 @@ def test_pareto_runs_from_the_command_line(tmp_path, no_footprint, monkeypatch, 
     assert main(argv + ["--stages", "report", "--pareto-runs", "sw/t*", "--quiet"]) == 0
     points = json.loads((out / "report.json").read_text())["pareto"]["points"]
     assert [p["source"] for p in points if p["role"] == "extra"] == ["../sw/t0", "../sw/t1"]
+
+
+def test_keyword_report_states_the_caveats_of_the_paper_comparison(tmp_path, no_footprint):
+    out, grid = fake_out(tmp_path)
+    grid.dataset = "speech_commands_logmel"
+    md = render.write_report(grid, "quick", out).read_text()
+    assert "| +79.5 |" in md and "Caveats: the paper trains on MFCCs" in md
+    grid.dataset = "cifar10"
+    assert "Caveats" not in render.write_report(grid, "quick", out).read_text()

@@ -24,7 +24,7 @@ from ..config import config_to_dict
 from ..errors import TinyRobustError
 from ..io_utils import atomic_write_json, atomic_write_text, check_writable
 from .spec import SweepSpec, Trial
-from .trial import execute_trial, execute_trial_in_subprocess, read_result
+from .trial import execute_trial, execute_trial_in_subprocess, read_result, record_failure
 
 INSTALL_HINT = "Ray is not installed: pip install 'tinyrobust[sweep]' (or run trials one at a time with --local)"
 
@@ -134,30 +134,13 @@ class RayExecutor:
                     yield ray.get(ref)
                 except Exception as exc:  # the worker died (killed, out of memory, segfault)
                     msg = " ".join(str(exc).split())[:500]
-                    result = {
-                        "key": p["key"],
-                        "values": p["values"],
-                        "run": Path(p["run_dir"]).name,
-                        "status": "failed",
-                        "error": f"{type(exc).__name__}: {msg}",
-                    }
-                    _write_failed(Path(p["run_dir"]), result)
-                    yield result
+                    yield record_failure(p, f"{type(exc).__name__}: {msg}")
 
     def close(self) -> None:
         try:
             self.ray.shutdown()
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
-
-
-def _write_failed(run_dir: Path, result: Dict[str, Any]) -> None:
-    from .trial import RESULT_FILE
-
-    try:
-        atomic_write_json(run_dir / RESULT_FILE, result)
-    except OSError:
-        pass
 
 
 # ------------------------------------------------------------------ the sweep

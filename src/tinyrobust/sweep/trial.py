@@ -136,16 +136,35 @@ def _train_seconds(run_dir: Path) -> float:
     return total
 
 
+def _write_result(run_dir: Path, result: Dict[str, Any]) -> None:
+    """Record a trial's result in its run directory (best effort: the sweep goes on without it)."""
+    from ..io_utils import atomic_write_json
+
+    try:
+        atomic_write_json(Path(run_dir) / RESULT_FILE, result)
+    except OSError:
+        pass
+
+
+def _trial_base(payload: Dict[str, Any]) -> Dict[str, Any]:
+    return {"key": payload["key"], "values": payload["values"], "run": Path(payload["run_dir"]).name}
+
+
+def record_failure(payload: Dict[str, Any], error: str, **extra: Any) -> Dict[str, Any]:
+    """A failed trial's result (``error`` plus ``extra`` fields), written to its run directory and returned:
+    a crash in the trial, its process dying, or the Ray worker running it dying."""
+    result = {**_trial_base(payload), "status": "failed", "error": error, **extra}
+    _write_result(Path(payload["run_dir"]), result)
+    return result
+
+
 def execute_trial(payload: Dict[str, Any]) -> Dict[str, Any]:
     """Train (or resume) and score one trial; never raises. ``payload``: key, values, config (raw dict),
     run_dir, evaluation, data_dir, threads, progress."""
-    from ..io_utils import atomic_write_json
-
     run_dir = Path(payload["run_dir"])
     threads = int(payload.get("threads", 1))
     os.environ["TINYROBUST_THREADS"] = str(threads)  # train_run reads it; one thread per trial by default
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    base = {"key": payload["key"], "values": payload["values"], "run": run_dir.name}
     t0 = time.time()
     try:
         import torch
@@ -167,7 +186,7 @@ def execute_trial(payload: Dict[str, Any]) -> Dict[str, Any]:
         t1 = time.time()
         scores = score_run(run_dir, payload["evaluation"], payload.get("data_dir"))
         result = {
-            **base,
+            **_trial_base(payload),
             "status": "done",
             **scores,
             "train_s": round(_train_seconds(run_dir), 1),
@@ -178,17 +197,13 @@ def execute_trial(payload: Dict[str, Any]) -> Dict[str, Any]:
         if isinstance(exc, KeyboardInterrupt):
             raise
         msg = " ".join(str(exc).split())[:500]
-        result = {
-            **base,
-            "status": "failed",
-            "error": f"{type(exc).__name__}: {msg}",
-            "traceback": traceback.format_exc()[-4000:],
-            "seconds": round(time.time() - t0, 1),
-        }
-    try:
-        atomic_write_json(run_dir / RESULT_FILE, result)
-    except OSError:
-        pass
+        return record_failure(
+            payload,
+            f"{type(exc).__name__}: {msg}",
+            traceback=traceback.format_exc()[-4000:],
+            seconds=round(time.time() - t0, 1),
+        )
+    _write_result(run_dir, result)
     return result
 
 
@@ -215,18 +230,8 @@ def execute_trial_in_subprocess(payload: Dict[str, Any]) -> Dict[str, Any]:
         return result
     if result is not None and result.get("status") == "failed":
         return result  # execute_trial recorded its own failure
-    from ..io_utils import atomic_write_json
-
     last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-    result = {
-        "key": payload["key"],
-        "values": payload["values"],
-        "run": run_dir.name,
-        "status": "failed",
-        "error": f"trial process ended with code {proc.returncode}: {last[:400]}",
-    }
-    atomic_write_json(run_dir / RESULT_FILE, result)
-    return result
+    return record_failure(payload, f"trial process ended with code {proc.returncode}: {last[:400]}")
 
 
 if __name__ == "__main__":  # python -m tinyrobust.sweep.trial <payload.json> (execute_trial_in_subprocess)

@@ -282,3 +282,6 @@ def test_a_ray_trial_runs_in_its_own_process_and_failures_come_back(tmp_path):
     res = execute_trial_in_subprocess(payload)
     assert res["status"] == "failed" and "trial process ended with code 1" in res["error"]
     assert "ValueError" in res["error"] and read_result(tmp_path / "dead") == res
+    # tried again and dying differently: the new reason, not the earlier try's recorded failure
+    res = execute_trial_in_subprocess({**payload, "threads": "none"})
+    assert "'none'" in res["error"] and read_result(tmp_path / "dead") == res

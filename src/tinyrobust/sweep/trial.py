@@ -217,6 +217,9 @@ def execute_trial_in_subprocess(payload: Dict[str, Any]) -> Dict[str, Any]:
 
     run_dir = Path(payload["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    old = read_result(run_dir)
+    if old is not None and old.get("status") == "failed":  # an earlier try's failure: this try writes its own
+        (run_dir / RESULT_FILE).unlink(missing_ok=True)
     spec = run_dir / "sweep_payload.json"  # may name machine paths (data_dir): removed when the trial ends
     spec.write_text(json.dumps(payload, default=str))
     try:

@@ -83,19 +83,23 @@ def _check_match(x: np.ndarray, y: np.ndarray, info, model: torch.nn.Module, dat
         )
 
 
-def _domain_wrapper(domain: str, dataset: str, onnx_path, run_dir):
-    """The function that turns a trained model into what the attacker of ``domain`` queries."""
+def _attack_domain(domain: str, run, onnx_path) -> tuple:
+    """What the attacker of ``domain`` works on, for a loaded run: (a function turning a trained model
+    into the module it queries, the DatasetInfo of the inputs it perturbs, the threat model's words)."""
     if domain == "feature":
-        return lambda model: model
-    if dataset != "speech_commands_logmel":
+        info = run.dataset_info
+        return (lambda model: model), info, THREAT_MODELS.get(info.kind, THREAT_MODELS["image"])
+    trained_on = run.config["data"]["dataset"]
+    if trained_on != "speech_commands_logmel":
         raise AttackError(
-            f"the waveform domain needs a run trained on speech_commands_logmel; {run_dir} was trained on {dataset!r}"
+            f"the waveform domain needs a run trained on speech_commands_logmel; {run.run_dir} was trained on "
+            f"{trained_on!r}"
         )
     if onnx_path is not None:
         raise AttackError("the exported ONNX file takes log-mel images, not waveforms: attack it in the feature domain")
-    from ..data.waveform import WaveformModel
+    from ..data.waveform import WAV_INFO, WaveformModel
 
-    return lambda model: WaveformModel(model).eval()
+    return (lambda model: WaveformModel(model).eval()), WAV_INFO, THREAT_MODELS["waveform"]
 
 
 def _model_name(config: dict):
@@ -181,18 +185,13 @@ def attack_run(
         from ..export.onnx_model import OnnxClassifierModule
 
         run.model = OnnxClassifierModule(onnx_path)
-    dataset = run.config["data"]["dataset"]
-    trained_on = dataset
-    wrap = _domain_wrapper(domain, dataset, onnx_path, run.run_dir)
-    if domain == "waveform":
-        from ..data.waveform import WAV_INFO as wav_info
-
-        dataset = wav_info.name
+    trained_on = run.config["data"]["dataset"]
+    wrap, info, threat_model = _attack_domain(domain, run, onnx_path)
+    dataset = info.name  # the dataset whose test images the attacker perturbs
     ds = load_dataset(dataset, "test", data_dir)
     indices = np.asarray(nested_stratified_order(ds.y, min(n, len(ds.y)), seed))
     x_t, y_t = to_tensors(ds, indices)
     x, y = x_t.numpy().astype(np.float32, copy=False), y_t.numpy().astype(np.int64, copy=False)
-    info = wav_info if domain == "waveform" else run.dataset_info
     _check_match(x, y, info, wrap(run.model), dataset, f"the model in {run.run_dir}")
 
     model_sha = file_sha256(Path(run.run_dir) / WEIGHTS_FILE)
@@ -262,9 +261,7 @@ def attack_run(
         "model_sha256": model_sha,
         "dataset_source": dataset_source(getattr(ds, "source", None), resolve_data_dir(data_dir)),
         "data_kind": info.kind,
-        "threat_model": THREAT_MODELS["waveform"]
-        if domain == "waveform"
-        else THREAT_MODELS.get(info.kind, THREAT_MODELS["image"]),
+        "threat_model": threat_model,
         "subset": {
             "split": "test",
             "n": len(indices),

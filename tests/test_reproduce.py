@@ -95,6 +95,10 @@ def test_shipped_grids_validate(name):
         ({"onnx_attacks": ["transfer"]}, "transfer is not supported"),
         ({"domain": "audio"}, "domain 'audio'; choose one of: feature, waveform"),
         ({"domain": "waveform"}, "domain waveform needs dataset speech_commands_logmel"),
+        (
+            {"dataset": "speech_commands_logmel", "domain": "waveform", "surrogates": []},
+            "onnx_attacks must be empty with domain waveform",
+        ),
         ({"eps_unit": "samples"}, "eps_unit samples needs domain waveform"),
         ({"eps_unit": "db"}, "eps_unit 'db'; choose one of"),
         ({"runs_dir": "/abs/runs"}, "runs_dir must be a folder relative to the output folder"),

@@ -289,6 +289,10 @@ def load_grid(path: str | Path) -> Grid:
     _check_attacks(path, {**atk, "black": list(atk.get("black") or []) + onnx_attacks}, budgets)
     if any(a.split("@")[0] == "transfer" for a in onnx_attacks):
         raise ConfigError(f"{path}: onnx_attacks: transfer is not supported on the exported file; use query attacks")
+    _require(
+        domain == "feature" or not onnx_attacks,
+        f"{path}: onnx_attacks must be empty with domain waveform (the exported file takes log-mel images)",
+    )
     pareto_runs = raw.get("pareto_runs") or []
     _require(
         isinstance(pareto_runs, list) and all(isinstance(r, str) and r for r in pareto_runs),

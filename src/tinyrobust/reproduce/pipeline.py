@@ -221,7 +221,7 @@ def attack_stage(
                     progress=progress,
                     **extra,
                 )
-                if m.role == "proposed" and grid.onnx_attacks and grid.domain == "feature":
+                if m.role == "proposed" and grid.onnx_attacks:  # the grid allows them in the feature domain only
                     results[m.key + "@onnx"] = onnx_attack(grid, budget, out, m.key, data_dir, seed, progress)
         except RunLocked as exc:  # another reproduce process is attacking it
             _log(f"attack {i}/{len(models)} {m.key}: skipped, {exc}")

@@ -44,7 +44,6 @@ def model_for_config(cfg: RunConfig) -> tuple[torch.nn.Module, Any]:
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise TinyRobustError(f"run directory {run_dir} does not exist")

@@ -74,8 +74,8 @@ class Grid:
     def eps_label(self, e: float) -> str:
         """How the report writes one eps: ``2/255``, or ``32 samples`` for a waveform grid in samples."""
         if self.eps_unit == "samples":
-            v = e * SAMPLES_PER_255TH
-            return f"{v:.4g} sample{'' if f'{v:.4g}' == '1' else 's'}"
+            v = f"{e * SAMPLES_PER_255TH:.4g}"
+            return f"{v} sample{'' if v == '1' else 's'}"
         return f"{e:g}/255"
 
     def model(self, key: str) -> GridModel:

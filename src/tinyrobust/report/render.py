@@ -557,10 +557,11 @@ def footprint(grid: Grid, out: Path) -> Table:
 
     head = ["model", "precision", "params", "weight KB", "peak act KB", "double buffer KB"]
     rows = []
+    runs = grid.runs_root(out)
     for m in grid.models:
-        if not (grid.runs_root(out) / m.key / WEIGHTS_FILE).is_file():
+        if not (runs / m.key / WEIGHTS_FILE).is_file():
             continue
-        fp = footprint_run(grid.runs_root(out) / m.key, references=False)
+        fp = footprint_run(runs / m.key, references=False)
         q = m.config.get("model", {}).get("quant", {})
         rows.append(
             [

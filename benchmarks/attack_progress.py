@@ -4,7 +4,11 @@ interval, and the seconds it took. For a stage still running (or stopped by the 
 the report needs every attack of every model, this table shows what is finished and what it cost.
 
 Usage: python benchmarks/attack_progress.py [--results benchmarks/results/cifar10] [--order fgsm,pgd,...]
-Writes <results>/attack_progress.json and .md. Trains and attacks nothing.
+    [--grid NAME]
+Attacks found in the parts but not in --order (e.g. a grid's other transfer surrogates) follow it.
+eps are labelled as the grid labels them (k/255, or samples for the waveform grid): the grid named in
+<results>/reproduce.json, or --grid. Per model and in all: the summed attack seconds (the masking probes
+and the report are not in them). Writes <results>/attack_progress.json and .md. Trains and attacks nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 from pathlib import Path
 
 from tinyrobust.stats import wilson
@@ -23,11 +28,23 @@ def _part_name(attack: str, eps: str) -> str:
     return f"{attack.replace('@', '_at_')}_at_eps{eps}.json"
 
 
+def attacks_in_parts(parts: Path) -> set[str]:
+    """Attack names whose parts are in the folder (``transfer_at_x`` files belong to ``transfer@x``)."""
+    names = set()
+    for f in parts.glob("*.json"):
+        if f.name.startswith("_"):
+            continue
+        stem = re.sub(r"_at_eps[^/]*$", "", f.stem)
+        names.add(re.sub(r"^transfer_at_", "transfer@", stem))
+    return names
+
+
 def model_progress(folder: Path, order: list[str]) -> dict:
     """Per attack and eps, from the per-eps parts (an attack is only listed where its part exists)."""
     parts = folder / "robustness_parts"
     rows, alive_by_eps, n_total = [], {}, None
-    for attack in order:
+    found_names = attacks_in_parts(parts) if parts.is_dir() else set()
+    for attack in order + sorted(found_names - set(order)):
         found = {}
         for f in sorted(parts.glob(_part_name(attack, "*"))):  # per-eps parts
             found[f.name[len(_part_name(attack, "")) - len(".json") : -len(".json")]] = json.loads(f.read_text())[
@@ -59,13 +76,27 @@ def model_progress(folder: Path, order: list[str]) -> dict:
                 }
             )
     done = (folder / "robustness.json").is_file()
-    return {"finished": done, "n": n_total, "rows": rows}
+    seconds = sum(r["seconds"] or 0 for r in rows)
+    return {"finished": done, "n": n_total, "rows": rows, "attack_seconds": round(seconds, 1)}
+
+
+def eps_labeller(root: Path, grid_name: str | None):
+    """How the grid of these results writes one eps (``2/255`` or ``4 samples``)."""
+    if not grid_name and (root / "reproduce.json").is_file():
+        grid_name = Path(json.loads((root / "reproduce.json").read_text()).get("grid") or "").stem or None
+    if grid_name:
+        from tinyrobust.report.grid import load_grid
+        from tinyrobust.reproduce.pipeline import grid_path
+
+        return load_grid(grid_path(grid_name)).eps_label
+    return lambda e: f"{e:g}/255"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default="benchmarks/results/cifar10")
     ap.add_argument("--order", default=",".join(ORDER), help="attack order of the grid's cascade")
+    ap.add_argument("--grid", help="grid whose eps labels to use (default: the one reproduce.json names)")
     a = ap.parse_args()
     root = Path(a.results)
     order = [s for s in a.order.split(",") if s]
@@ -79,7 +110,9 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "arch": platform.machine()},
         "models": models,
     }
+    out["attack_seconds_total"] = round(sum(m["attack_seconds"] for m in models.values()), 1)
     (root / "attack_progress.json").write_text(json.dumps(out, indent=2) + "\n")
+    label = eps_labeller(root, a.grid)
     md = [
         f"# Attack stage progress ({root.as_posix()})",
         "",
@@ -89,18 +122,22 @@ def main() -> None:
         "its Wilson 95% interval. Seconds are wall time of that attack on one thread of the 2-core machine,",
         "shared with a second attack process (and, at times, other jobs).",
         "",
+        f"Summed attack seconds, all models: {out['attack_seconds_total']:.0f} "
+        f"({out['attack_seconds_total'] / 3600:.2f} h of one thread).",
+        "",
     ]
     for key, m in models.items():
         md += [f"## {key} ({'finished' if m['finished'] else 'not finished'}; n = {m['n']})", ""]
+        md += [f"Attack seconds: {m['attack_seconds']:.0f}.", ""]
         md += [
-            "| attack | eps /255 | attacked | broken | robust after % [95% CI] | seconds |",
+            "| attack | eps | attacked | broken | robust after % [95% CI] | seconds |",
             "|---|---|---|---|---|---|",
         ]
         for r in m["rows"]:
             lo, hi = r["ci95"]
             secs = "-" if r["seconds"] is None else f"{r['seconds']:.0f}"
             md.append(
-                f"| {r['attack']} | {r['eps']:g} | {r['n_attacked']} | {r['n_broken']} | "
+                f"| {r['attack']} | {label(r['eps'])} | {r['n_attacked']} | {r['n_broken']} | "
                 f"{100 * r['robust_after_this_attack']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | {secs} |"
             )
         md.append("")

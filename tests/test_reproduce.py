@@ -306,6 +306,61 @@ def test_reproduce_resumes_a_killed_attack_stage(fake_cifar, tmp_path, monkeypat
     assert (out / "report.md").is_file()
 
 
+def test_reproduce_jobs_starts_one_thread_workers_and_names_a_failed_one(tmp_path, capsys, monkeypatch):
+    """``--jobs 2``: two worker processes of one thread each run train+attack on the same model list
+    (tagged job 1 / job 2); a worker that fails fails the call with one line naming it; --jobs 0 is refused."""
+    import tinyrobust.reproduce.pipeline as pipeline
+
+    folder = write_grid(tmp_path / "grids", tiny_grid())
+    started = []
+
+    class FakeWorker:
+        def __init__(self, cmd, env):
+            started.append((cmd, env))
+            self.code = 0 if len(started) == 1 else 3
+
+        def wait(self):
+            return self.code
+
+        def poll(self):
+            return self.code
+
+    monkeypatch.setattr(pipeline, "_start_worker", FakeWorker)
+    out = tmp_path / "o"
+    base = ["reproduce", "--dataset", "cifar10", "--out", str(out), "--grid-dir", str(folder), "--quiet"]
+    code = main(base + ["--jobs", "2", "--stages", "train,attack,report", "--models", "resnet,qnn_float"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: reproduce worker job 2 failed" in err.strip().splitlines()[-1]
+    assert len(started) == 2
+    for j, (cmd, env) in enumerate(started, 1):
+        assert cmd[1:4] == ["-m", "tinyrobust", "reproduce"]
+        assert cmd[cmd.index("--stages") + 1] == "train,attack"  # the report is written once, by the caller
+        assert cmd[cmd.index("--models") + 1] == "resnet,qnn_float"
+        assert Path(cmd[cmd.index("--runs-dir") + 1]) == out / "runs"
+        assert env["TINYROBUST_THREADS"] == env["OMP_NUM_THREADS"] == "1" and env["TINYROBUST_REPRODUCE_JOB"] == str(j)
+    assert not (out / "report.md").exists()
+    assert main(base + ["--jobs", "0"]) == 2
+    assert "--jobs must be a whole number >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # trains and attacks three tiny models in two worker processes: ~40-60 s on 2 cores
+def test_reproduce_jobs_two_workers_share_the_grid(fake_cifar, tmp_path, capfd):
+    """Two real workers: every model trained once and attacked once, between them, then one report."""
+    folder = write_grid(tmp_path / "grids", tiny_grid(onnx_attacks=[]))
+    out = tmp_path / "out"
+    args = ["reproduce", "--dataset", "cifar10", "--out", str(out), "--grid-dir", str(folder), "--quiet"]
+    assert main(args + ["--jobs", "2"]) == 0
+    err = capfd.readouterr().err
+    assert "[reproduce job 1 " in err and "[reproduce job 2 " in err
+    for key in ("qnn_int4_jr", "resnet", "qnn_float"):
+        epochs = [json.loads(line)["epoch"] for line in (out / "runs" / key / "metrics.jsonl").read_text().splitlines()]
+        assert sorted(set(epochs)) == sorted(epochs)  # no epoch trained twice by two workers
+        assert json.loads((out / "attacks" / key / "robustness.json").read_text())["n"] == 12
+    assert (out / "report.md").is_file()
+    meta = json.loads((out / "reproduce.json").read_text())
+    assert any(k.startswith("train+attack+report(jobs=2)@") for k in meta["stage_seconds"])
+
+
 def test_reproduce_bad_input(tmp_path, capsys):
     assert main(["reproduce", "--dataset", "cifar10", "--budget", "huge", "--out", str(tmp_path / "o")]) == 2
     assert "unknown budget 'huge'" in capsys.readouterr().err

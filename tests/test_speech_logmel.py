@@ -283,6 +283,17 @@ def test_eps_conversions_roundtrip():
         wf.convert_eps(1, "db", "samples")
 
 
+def test_eps_in_db_below_the_peak_of_each_clip():
+    """Peaks 1000 and 10000 samples: eps 1 sample is 60 and 80 dB below them; quantiles over clips."""
+    peaks = np.array([1000.0, 10000.0, 10000.0, 10000.0])
+    s = np.zeros((4, 16000))
+    s[:, 123] = -peaks  # a negative peak counts by its size
+    db = wf.eps_db_below_peak(wf.samples_to_unit(s).reshape(4, 1, 1, -1), [1, 10])
+    assert db["1"]["median"] == pytest.approx(80.0) and db["10"]["median"] == pytest.approx(60.0)
+    assert db["1"]["p10"] == pytest.approx(60.0 + 0.3 * 20, abs=0.1)  # numpy's linear quantile over 4 clips
+    assert db["1"]["p90"] == pytest.approx(80.0)
+
+
 def test_waveform_model_is_front_end_then_model_and_differentiable():
     net = build_model("mlc_dscnn", num_classes=12, input_shape=(1, 98, 40), mean=(0.33,), std=(0.2,)).eval()
     wm = wf.WaveformModel(net).eval()
@@ -409,6 +420,7 @@ def test_waveform_grid_attacks_the_log_mel_runs_on_the_test_wavs(logmel, tmp_pat
     assert meta["subset"]["n"] == 6
     md = (out / "report.md").read_text()
     assert "eps 1 sample % [95% CI]" in md and "eps 8 samples" in md and "16-bit samples" in md
+    assert "eps in dB below each attacked clip's peak" in md and "over the 6 clips: 1 sample: " in md
     assert "/work/" not in md and str(tmp_path) not in md
     # --runs-dir names the runs folder instead (kept relative to the output folder in what is written)
     out2 = tmp_path / "elsewhere"

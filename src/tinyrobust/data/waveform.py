@@ -123,6 +123,20 @@ def load_waveform_run(run_dir: str | Path) -> WaveformModel:
     return WaveformModel(run.model).eval()
 
 
+def eps_db_below_peak(waves: np.ndarray, eps_samples: list[float]) -> dict[str, dict[str, float]]:
+    """Each eps (16-bit sample units) in dB below the peak of every clip (``waves``: [0, 1] units, any
+    shape (N, ...)), summarised over the clips as median and 10th/90th percentile, keyed by ``f"{eps:g}"``.
+    Audio attack papers state budgets this way; a quiet clip puts the same eps fewer dB below its peak."""
+    flat = unit_to_samples(np.asarray(waves, dtype=np.float64).reshape(len(waves), -1))
+    peaks = np.maximum(np.abs(flat).max(axis=1), 1.0)  # a digitally silent clip counts as peak 1 sample
+    out = {}
+    for e in eps_samples:
+        db = 20 * np.log10(peaks / float(e))
+        q10, q50, q90 = np.percentile(db, [10, 50, 90])
+        out[f"{e:g}"] = {"median": round(float(q50), 1), "p10": round(float(q10), 1), "p90": round(float(q90), 1)}
+    return out
+
+
 @register_dataset(WAV_INFO)
 def load_speech_commands_wav(split: str, data_dir: Path, download: bool) -> ArrayDataset:
     """The official test clips as [0, 1] waveforms (N, 1, 1, 16000); only a test split exists."""

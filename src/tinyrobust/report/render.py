@@ -495,6 +495,28 @@ def _machine(meta: Dict[str, Any]) -> str:
     return s
 
 
+def waveform_eps_db(grid: Grid, data: Dict[str, Any], data_dir: Optional[str | Path] = None):
+    """Waveform grids: each eps in dB below the peak of the attacked clips (median, 10th/90th percentile
+    over the largest attacked subset), read from the test WAVs; None for other grids or without the data."""
+    if grid.domain != "waveform":
+        return None
+    subsets = [((m["attacks"] or {}).get("meta") or {}).get("subset") or {} for m in data["models"]]
+    indices = max((s.get("indices") or [] for s in subsets), key=len, default=[])
+    if not indices:
+        return None
+    from ..data.datasets import load_dataset
+    from ..data.waveform import SAMPLES_PER_255TH, eps_db_below_peak
+
+    try:
+        ds = load_dataset("speech_commands_wav", "test", data_dir)
+    except TinyRobustError:  # the report still renders without the WAVs; the line says n/a
+        return None
+    import numpy as np
+
+    db = eps_db_below_peak(ds.x[np.asarray(indices)], [e * SAMPLES_PER_255TH for e in grid.eps])
+    return {"n": len(indices), "by_eps": {ekey(e): v for e, v in zip(grid.eps, db.values())}}
+
+
 def _context(grid: Grid, budget: str, out: Path, data: Dict[str, Any]) -> List[str]:
     meta = _load(out / "reproduce.json") or {}
     sources = {((m["attacks"] or {}).get("meta") or {}).get("dataset_source") for m in data["models"]} - {None}
@@ -516,6 +538,20 @@ def _context(grid: Grid, budget: str, out: Path, data: Dict[str, Any]) -> List[s
         lines.append(f"- not run at this budget (grid `skip_attacks`): {', '.join(data['skipped_attacks'])}")
     if attacked:
         lines.insert(4, f"- threat model: {attacked[0]['attacks']['meta'].get('threat_model', 'n/a')}")
+    if grid.domain == "waveform":
+        db = data.get("eps_db")
+        lines.append(
+            "- eps in dB below each attacked clip's peak (20 log10(peak / eps)), median [10th, 90th percentile] "
+            + (
+                f"over the {db['n']} clips: "
+                + "; ".join(
+                    f"{grid.eps_label(e)}: {v['median']:g} dB [{v['p10']:g}, {v['p90']:g}]"
+                    for e, v in zip(grid.eps, db["by_eps"].values())
+                )
+                if db
+                else "n/a (the test WAVs were not found when the report was written)"
+            )
+        )
     return lines
 
 
@@ -698,6 +734,7 @@ def write_report(
 
     out = Path(out)
     data = collect(grid, out, budget)
+    data["eps_db"] = waveform_eps_db(grid, data, data_dir)
     t = tables(data)
     t["footprint"] = footprint(grid, out)
     runs = pareto.resolve_extra_runs(list(grid.pareto_runs) + list(extra_runs or []), out)

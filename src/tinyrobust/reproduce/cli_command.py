@@ -48,6 +48,13 @@ def add_parser(sub) -> str:
         help="where the grid's trained runs live (default: the grid's runs_dir, <out>/runs for most grids); "
         "e.g. the waveform-domain grid speech_commands_wav reads the log-mel grid's runs",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="train and attack in this many worker processes of one thread each, sharing the models "
+        "(default 1; 2 on a 2-core machine); the report is written once they are done",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return "reproduce"
 
@@ -75,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         # taken from the working directory here (the grid's pareto_runs: from the output folder)
         extra_runs=[os.path.abspath(r.strip()) for r in (args.pareto_runs or "").split(",") if r.strip()],
         runs_dir=args.runs_dir,
+        jobs=args.jobs,
     )
     print(f"report: {path}" if path.name == "report.md" else f"results in {path}")
     return 0

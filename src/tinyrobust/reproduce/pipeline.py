@@ -65,8 +65,66 @@ def _grid_record(path: Path, data_dir: Optional[str | Path] = None) -> str:
     return rec
 
 
+JOB_ENV = "TINYROBUST_REPRODUCE_JOB"  # set in the worker processes of ``--jobs``: tags their log lines
+
+
 def _log(msg: str) -> None:
-    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    job = os.environ.get(JOB_ENV)
+    tag = f" job {job}" if job else ""
+    print(f"[reproduce{tag} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _start_worker(cmd: List[str], env: Dict[str, str]):
+    import subprocess
+
+    return subprocess.Popen(cmd, env=env)
+
+
+def run_jobs(
+    name: str,
+    budget: str,
+    out: Path,
+    runs_root: Path,
+    stages: List[str],
+    jobs: int,
+    *,
+    data_dir: Optional[str],
+    seed: int,
+    configs_dir: Optional[str | Path],
+    models: Optional[List[str]],
+) -> None:
+    """The train and attack stages in ``jobs`` worker processes of one thread each (a 2-core machine:
+    ``jobs=2``). Every worker walks the same model list; a model another worker is training or attacking
+    is locked (``run_lock``) and skipped, so the workers share the list as a queue, and a model skipped
+    because its run or a surrogate was not trained yet is taken up by the worker that trained the last
+    of them. A worker that fails makes the whole call fail, naming it; the others are stopped."""
+    cmd = [sys.executable, "-m", "tinyrobust", "reproduce", "--grid", name, "--budget", budget, "--out", str(out)]
+    cmd += ["--stages", ",".join(stages), "--seed", str(seed), "--runs-dir", str(runs_root), "--quiet"]
+    if data_dir:
+        cmd += ["--data-dir", str(data_dir)]
+    if configs_dir:
+        cmd += ["--grid-dir", str(configs_dir)]
+    if models:
+        cmd += ["--models", ",".join(models)]
+    procs = []
+    try:
+        for j in range(1, jobs + 1):
+            env = dict(os.environ, TINYROBUST_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            env[JOB_ENV] = str(j)
+            procs.append(_start_worker(cmd, env))
+            time.sleep(1.0 if j < jobs else 0)  # the first worker takes the first model's lock first
+        _log(f"{jobs} worker processes (one thread each) for stages {', '.join(stages)}")
+        codes = [p.wait() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+    failed = [str(j) for j, c in enumerate(codes, 1) if c != 0]
+    if failed:
+        raise TinyRobustError(
+            f"reproduce worker job {', '.join(failed)} failed (its error is printed above); "
+            "finished work is kept: run the same command again to continue"
+        )
 
 
 def config_drift(saved: Dict[str, Any], wanted: Dict[str, Any], prefix: str = "") -> List[str]:
@@ -272,9 +330,11 @@ def reproduce(
     models: Optional[List[str]] = None,
     extra_runs: Optional[List[str | Path]] = None,
     runs_dir: Optional[str | Path] = None,
+    jobs: int = 1,
 ) -> Path:
     """Train, attack and report the grid of ``dataset``; ``extra_runs``: more run folders (or glob
-    patterns) for the report's Pareto plots, beside the grid's ``pareto_runs``."""
+    patterns) for the report's Pareto plots, beside the grid's ``pareto_runs``; ``jobs`` > 1: the train
+    and attack stages in that many one-thread worker processes (:func:`run_jobs`)."""
     grid = load_grid(grid_path(dataset, configs_dir))
     grid.budget(budget)
     out = Path(out)
@@ -305,13 +365,32 @@ def reproduce(
             "machine": machine(),
         }
     )
-    if "train" in stages:
-        train_stage(grid, budget, out, data_dir, progress, chosen)
-    if "attack" in stages:
-        attack_stage(grid, budget, out, data_dir, seed, progress, chosen)
-    meta.setdefault("stage_seconds", {})
-    meta["stage_seconds"]["+".join(stages) + "@" + time.strftime("%Y-%m-%dT%H:%M:%S")] = round(time.time() - t0, 1)
-    atomic_write_json(meta_path, portable_record(meta, data_dir))
+    if not isinstance(jobs, int) or jobs < 1:
+        raise TinyRobustError(f"--jobs must be a whole number >= 1, got {jobs!r}")
+    work = [s for s in ("train", "attack") if s in stages]
+    if jobs > 1 and work:
+        run_jobs(
+            dataset,
+            budget,
+            out,
+            grid.runs_root(out),
+            work,
+            jobs,
+            data_dir=data_dir,
+            seed=seed,
+            configs_dir=configs_dir,
+            models=models,
+        )
+    else:
+        if "train" in stages:
+            train_stage(grid, budget, out, data_dir, progress, chosen)
+        if "attack" in stages:
+            attack_stage(grid, budget, out, data_dir, seed, progress, chosen)
+    if not os.environ.get(JOB_ENV):  # a worker of --jobs leaves the record to the process that started it
+        meta.setdefault("stage_seconds", {})
+        key = "+".join(stages) + (f"(jobs={jobs})" if jobs > 1 and work else "")
+        meta["stage_seconds"][key + "@" + time.strftime("%Y-%m-%dT%H:%M:%S")] = round(time.time() - t0, 1)
+        atomic_write_json(meta_path, portable_record(meta, data_dir))
     if "report" in stages:
         from ..report.render import write_report
 

@@ -7,8 +7,9 @@ Usage: python benchmarks/attack_progress.py [--results benchmarks/results/cifar1
     [--grid NAME]
 Attacks found in the parts but not in --order (e.g. a grid's other transfer surrogates) follow it.
 eps are labelled as the grid labels them (k/255, or samples for the waveform grid): the grid named in
-<results>/reproduce.json, or --grid. Per model and in all: the summed attack seconds (the masking probes
-and the report are not in them). Writes <results>/attack_progress.json and .md. Trains and attacks nothing.
+<results>/reproduce.json, or --grid. Per model and in all: the summed attack seconds, with the masking
+probes where their part records their time (parts written before that count without them).
+Writes <results>/attack_progress.json and .md. Trains and attacks nothing.
 """
 
 from __future__ import annotations
@@ -75,9 +76,17 @@ def model_progress(folder: Path, order: list[str]) -> dict:
                     "queries_per_image": entry.get("queries_per_image"),
                 }
             )
+    probes = parts / "_masking_probes.json"
+    probe_seconds = json.loads(probes.read_text())["entry"].get("wall_time_s") if probes.is_file() else None
     done = (folder / "robustness.json").is_file()
-    seconds = sum(r["seconds"] or 0 for r in rows)
-    return {"finished": done, "n": n_total, "rows": rows, "attack_seconds": round(seconds, 1)}
+    seconds = sum(r["seconds"] or 0 for r in rows) + (probe_seconds or 0)
+    return {
+        "finished": done,
+        "n": n_total,
+        "rows": rows,
+        "masking_probe_seconds": probe_seconds,  # None: not run yet, or run before they were timed
+        "attack_seconds": round(seconds, 1),
+    }
 
 
 def eps_labeller(root: Path, grid_name: str | None):
@@ -128,7 +137,12 @@ def main() -> None:
     ]
     for key, m in models.items():
         md += [f"## {key} ({'finished' if m['finished'] else 'not finished'}; n = {m['n']})", ""]
-        md += [f"Attack seconds: {m['attack_seconds']:.0f}.", ""]
+        probe = m["masking_probe_seconds"]
+        md += [
+            f"Attack seconds: {m['attack_seconds']:.0f} (masking probes: "
+            + (f"{probe:.0f})." if probe is not None else "not timed)."),
+            "",
+        ]
         md += [
             "| attack | eps | attacked | broken | robust after % [95% CI] | seconds |",
             "|---|---|---|---|---|---|",

@@ -379,7 +379,9 @@ def run_attacks(
     if masking_checks:
         probes = store.load("_masking_probes", probe_cfg, {"budgets": budgets})
         if probes is None:
+            t_probes = time.perf_counter()
             probes = _masking_probes(target, x[correct], y[correct], n, probe_cfg, seed, bar, budgets)
+            probes["wall_time_s"] = round(time.perf_counter() - t_probes, 3)  # counted in the stage's cost
             store.save("_masking_probes", probe_cfg, {"budgets": budgets}, probes, {})
         else:
             probes = probes[0]

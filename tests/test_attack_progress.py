@@ -1,0 +1,42 @@
+"""benchmarks/attack_progress.py: reads resume parts into the per-attack table and the stage's cost."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("attack_progress", REPO / "benchmarks" / "attack_progress.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _part(path: Path, entry: dict) -> None:
+    path.write_text(json.dumps({"key": "{}", "entry": entry, "masks": {}}))
+
+
+def test_cascade_rows_transfers_from_the_parts_and_summed_seconds(tmp_path):
+    ap = _module()
+    parts = tmp_path / "m" / "robustness_parts"
+    parts.mkdir(parents=True)
+    _part(parts / "fgsm_at_eps1.json", {"robust": "1110", "n_attacked": 4, "n_broken": 1, "wall_time_s": 2.0})
+    _part(
+        parts / "transfer_at_qnn_kws_float_at_eps1.json",
+        {"robust": "0110", "n_attacked": 3, "n_broken": 1, "wall_time_s": 5.0},
+    )
+    _part(parts / "_masking_probes.json", {"large_eps": {}, "wall_time_s": 10.0})
+    m = ap.model_progress(tmp_path / "m", ["fgsm", "pgd"])  # transfer@... is not in the order: found in the parts
+    assert [r["attack"] for r in m["rows"]] == ["fgsm", "transfer@qnn_kws_float"]
+    assert [r["robust_after_this_attack"] for r in m["rows"]] == [0.75, 0.5]  # survivors of the cascade so far
+    assert m["masking_probe_seconds"] == 10.0 and m["attack_seconds"] == 17.0 and not m["finished"]
+
+
+def test_eps_labelled_in_the_grids_unit(tmp_path):
+    ap = _module()
+    assert ap.eps_labeller(tmp_path, None)(2.0) == "2/255"
+    assert ap.eps_labeller(tmp_path, "speech_commands_wav")(8 / 257) == "8 samples"

@@ -271,6 +271,9 @@ def test_keyword_report_states_the_caveats_of_the_paper_comparison(tmp_path, no_
     out, grid = fake_out(tmp_path)
     grid.dataset = "speech_commands_logmel"
     md = render.write_report(grid, "quick", out).read_text()
-    assert "| +79.5 |" in md and "Caveats: the paper trains on MFCCs" in md
-    grid.dataset = "cifar10"
+    assert "| +79.5 |" in md and "Caveats: the paper trains on MFCCs" in md and "act on the log-mel pixels" in md
+    grid.domain = "waveform"  # the same models attacked on WAVs: that domain's caveat, not the pixel one
+    md = render.write_report(grid, "quick", out).read_text()
+    assert "states no waveform-domain attack" in md and "act on the log-mel pixels" not in md
+    grid.domain, grid.dataset = "feature", "cifar10"
     assert "Caveats" not in render.write_report(grid, "quick", out).read_text()

@@ -62,6 +62,7 @@ def paper_caveat(data: Dict[str, Any]) -> Optional[str]:
         return PAPER_CAVEATS[(data["dataset"], domain)]
     return PAPER_CAVEATS.get(data["dataset"]) if domain == "feature" else None
 
+
 Table = Tuple[List[str], List[List[str]]]
 
 

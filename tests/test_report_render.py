@@ -275,5 +275,6 @@ def test_keyword_report_states_the_caveats_of_the_paper_comparison(tmp_path, no_
     grid.domain = "waveform"  # the same models attacked on WAVs: that domain's caveat, not the pixel one
     md = render.write_report(grid, "quick", out).read_text()
     assert "states no waveform-domain attack" in md and "act on the log-mel pixels" not in md
+    assert md.startswith("# tinyrobust reproduce: speech_commands_logmel (waveform domain, grid ")
     grid.domain, grid.dataset = "feature", "cifar10"
     assert "Caveats" not in render.write_report(grid, "quick", out).read_text()

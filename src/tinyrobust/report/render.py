@@ -774,7 +774,10 @@ def write_report(
         data, t, pareto.notes(front) + [f"Plots: {', '.join(pareto_pngs) or 'none (no point has a value)'}."]
     )
 
-    md = [f"# tinyrobust reproduce: {grid.dataset}", "", *ctx, ""]
+    title = f"tinyrobust reproduce: {grid.dataset}" + (
+        f" (waveform domain, grid {grid.path.stem})" if grid.domain == "waveform" else ""
+    )
+    md = [f"# {title}", "", *ctx, ""]
     for level, title, paras, tab in sections:
         md += [f"{level} {title}", ""]
         for p in paras:
@@ -791,7 +794,7 @@ def write_report(
         "font-size:13px;text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
         "img{max-width:100%}code{background:#f5f5f5;padding:1px 4px}"
     )
-    body = [f"<h1>tinyrobust reproduce: {html.escape(grid.dataset)}</h1><ul>"]
+    body = [f"<h1>{html.escape(title)}</h1><ul>"]
     body += [f"<li>{html.escape(c[2:]).replace('**', '')}</li>" for c in ctx]
     body.append("</ul>")
     for level, title, paras, tab in sections:

@@ -278,3 +278,19 @@ def test_keyword_report_states_the_caveats_of_the_paper_comparison(tmp_path, no_
     assert md.startswith("# tinyrobust reproduce: speech_commands_logmel (waveform domain, grid ")
     grid.domain, grid.dataset = "feature", "cifar10"
     assert "Caveats" not in render.write_report(grid, "quick", out).read_text()
+
+
+def test_one_archive_extracted_into_two_cache_folders_is_named_once(tmp_path):
+    """Runs made on two machines read the same test archive through differently keyed cache folders."""
+    _, grid = fake_out(tmp_path)
+    models = [
+        {
+            "attacks": {"meta": {"dataset_source": f"$D/test.tar.xz extracted to $C/test-{k}/test (official)"}},
+            "summary": None,
+        }
+        for k in ("5049fa92", "fe2581e9")
+    ]
+    models[0]["attacks"]["clean_correct"] = models[1]["attacks"]["clean_correct"] = [1, 0]
+    models[0]["attacks"]["meta"]["threat_model"] = "L-inf"
+    line = render._context(grid, "quick", tmp_path / "out", {"models": models})[0]
+    assert line.endswith("read from $D/test.tar.xz (extracted once into the cache) (official)")

@@ -15,6 +15,7 @@ import html
 import io
 import json
 import platform
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -538,6 +539,8 @@ def _context(grid: Grid, budget: str, out: Path, data: Dict[str, Any]) -> List[s
     meta = _load(out / "reproduce.json") or {}
     sources = {((m["attacks"] or {}).get("meta") or {}).get("dataset_source") for m in data["models"]} - {None}
     sources = sources or {(m["summary"] or {}).get("data_source") for m in data["models"]} - {None}
+    # one archive, extracted into differently keyed cache folders on different machines: said once
+    sources = {re.sub(r" extracted to \S+", " (extracted once into the cache)", s) for s in sources}
     attacked = [m for m in data["models"] if m["attacks"]]
     ns = sorted({len(m["attacks"]["clean_correct"]) for m in attacked})
     cmd = meta.get("command") or f"tinyrobust reproduce --dataset {grid.dataset} --budget {budget} --out {out.name}"

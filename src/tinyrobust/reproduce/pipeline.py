@@ -94,10 +94,13 @@ def run_jobs(
     models: Optional[List[str]],
 ) -> None:
     """The train and attack stages in ``jobs`` worker processes of one thread each (a 2-core machine:
-    ``jobs=2``). Every worker walks the same model list; a model another worker is training or attacking
-    is locked (``run_lock``) and skipped, so the workers share the list as a queue, and a model skipped
-    because its run or a surrogate was not trained yet is taken up by the worker that trained the last
-    of them. A worker that fails makes the whole call fail, naming it; the others are stopped."""
+        ``jobs=2``). Every worker walks the same model list; a model another worker is training or attacking
+        is locked (``run_lock``) and skipped, so the workers share the list as a queue, and a model skipped
+        because its run or a surrogate was not trained yet is taken up by the worker that trained the last
+        of them. Once every worker has exited, a failed one makes the whole call fail, naming it; if the
+    caller itself is interrupted, the workers still running are terminated."""
+    from ..train.loop import thread_env
+
     cmd = [sys.executable, "-m", "tinyrobust", "reproduce", "--grid", name, "--budget", budget, "--out", str(out)]
     cmd += ["--stages", ",".join(stages), "--seed", str(seed), "--runs-dir", str(runs_root), "--quiet"]
     if data_dir:
@@ -109,7 +112,7 @@ def run_jobs(
     procs = []
     try:
         for j in range(1, jobs + 1):
-            env = dict(os.environ, TINYROBUST_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            env = {**os.environ, **thread_env(1)}
             env[JOB_ENV] = str(j)
             procs.append(_start_worker(cmd, env))
             time.sleep(1.0 if j < jobs else 0)  # the first worker takes the first model's lock first

@@ -98,7 +98,9 @@ class RayExecutor:
     def __init__(self, address: Optional[str], concurrent: int, threads: int):
         ray = self.ray = import_ray()
         self.concurrent, self.threads = concurrent, threads
-        env = {"TINYROBUST_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        from ..train.loop import thread_env
+
+        env = thread_env(threads)
         try:
             if address:
                 _check_reachable(address)

@@ -49,6 +49,12 @@ from .checkpoint import load_checkpoint, quant_runtime_state, restore_quant_runt
 from .jacobian import check_jr_layers
 
 
+def thread_env(threads: int) -> dict:
+    """The environment that pins a child process (a sweep trial, a ``reproduce --jobs`` worker) to
+    ``threads`` threads: ``$TINYROBUST_THREADS`` (read by :func:`_threads`) and the BLAS pools."""
+    return {k: str(threads) for k in ("TINYROBUST_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
 def _threads(cfg: RunConfig) -> int:
     """torch threads: ``$TINYROBUST_THREADS`` overrides the config (e.g. two runs side by side on two
     cores, one thread each); it changes speed, not the experiment (only the last bits of float sums,

@@ -152,6 +152,10 @@ def test_resume_reuses_finished_attacks_but_not_after_the_weights_change(model, 
     assert calls == ["pgd", "transfer@s"]
     again = run_attacks(model, *data, ["pgd", "transfer@s"], [4], surrogates={"s": surrogate}, **kw)
     assert calls == ["pgd", "transfer@s"] and again["attacks"] == first["attacks"]  # nothing redone
+    # the attack cost counts the reused parts' recorded seconds; wall_time_s is this call's only
+    parts = [r["wall_time_s"] for e in first["attacks"].values() for r in e["results"].values()]
+    assert len(parts) == 2 and again["attack_seconds"] == first["attack_seconds"] == pytest.approx(sum(parts), abs=2e-3)
+    assert first["attack_seconds"] <= first["wall_time_s"]
 
     retrained_surrogate = train(2)
     run_attacks(model, *data, ["pgd", "transfer@s"], [4], surrogates={"s": retrained_surrogate}, **kw)
@@ -306,6 +310,33 @@ def test_standard_autoattack_runs_all_stages_and_counts_queries(model, data):
     assert r["robust_accuracy"] < res["clean_accuracy"] and r["queries"] > 0
     assert res["attacks"]["autoattack"]["family"] == "ensemble"
     assert "torchvision" not in sys.modules  # torchattacks' AutoAttack path does not need it
+
+
+def test_standard_autoattack_keeps_no_graph_across_apgd_steps(model, data, monkeypatch):
+    """torchattacks' APGD/APGD-T store their best adversarial with grad enabled, chaining every step's
+    input into one autograd graph (12 GB on waveforms); our stages run them under no_grad, same result."""
+    import torchattacks
+
+    best_has_graph = []
+    for cls in (torchattacks.APGD, torchattacks.APGDT):
+        real = cls.attack_single_run
+
+        def spy(self, x, y, *a, _real=real, **k):
+            out = _real(self, x, y, *a, **k)
+            best_has_graph.append(out[3].grad_fn is not None)  # x_best_adv
+            return out
+
+        monkeypatch.setattr(cls, "attack_single_run", spy)
+    kw = dict(params={"autoattack": {"steps": 5, "square_queries": 30}}, **NO_PROBES)
+    res = run_attacks(model, data[0][:16], data[1][:16], ["autoattack"], [8], **kw)
+    assert best_has_graph and not any(best_has_graph)
+    assert res["attacks"]["autoattack"]["results"]["8"]["robust_accuracy"] < res["clean_accuracy"]
+    # the upstream behaviour the guard is for: called with grad enabled, the best adversarial has a graph
+    best_has_graph.clear()
+    t = Target(model, SHAPE, K)
+    x, y = torch.from_numpy(data[0][:16]), torch.from_numpy(data[1][:16])
+    torchattacks.APGD(t.model, eps=8 / 255, steps=5)(x, y)
+    assert best_has_graph == [True]
 
 
 def test_nested_subsets_share_their_prefix_and_stay_stratified():

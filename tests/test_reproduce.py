@@ -515,6 +515,37 @@ def test_attack_stage_passes_surrogates_cascade_and_per_model_n(tmp_path, monkey
     assert calls[2][1][-1] == "transfer@resnet" and calls[2][2] == 7 and calls[2][3] == {"resnet": "resnet"}
 
 
+def test_attack_stage_skips_a_model_another_worker_holds_and_logs_only_that(tmp_path, monkeypatch, capsys):
+    """With --jobs, a model whose attack lock another process holds is logged as skipped, never as started."""
+    import tinyrobust.attacks.evaluate as evaluate
+    from tinyrobust.reproduce.pipeline import attack_stage
+    from tinyrobust.rundir import run_lock
+
+    grid = tiny_grid()
+    grid["onnx_attacks"] = []
+    g = load_grid(write_grid(tmp_path / "g", grid) / "cifar10.yaml")
+    out = tmp_path / "out"
+    for key in ("qnn_int4_jr", "qnn_float", "resnet"):
+        (out / "runs" / key).mkdir(parents=True)
+        (out / "runs" / key / "model.safetensors").write_bytes(b"w")
+    calls = []
+
+    def fake_attack_run(run_dir, attacks, eps, *, surrogate_runs=None, cascade=False, **kw):
+        calls.append(Path(run_dir).name)
+        return {}
+
+    monkeypatch.setattr(evaluate, "attack_run", fake_attack_run)
+    capsys.readouterr()
+    with run_lock(out / "attacks" / "resnet"):  # another worker attacks resnet
+        attack_stage(g, "quick", out, None, 0, progress=False)
+    err = capsys.readouterr().err
+    assert calls == ["qnn_int4_jr", "qnn_float"]
+    lines = [line.split("] ", 1)[-1] for line in err.splitlines()]
+    resnet_lines = [line for line in lines if line.startswith("attack") and " resnet" in line]
+    assert len(resnet_lines) == 1 and "skipped" in resnet_lines[0] and "another tinyrobust process" in resnet_lines[0]
+    assert "qnn_int4_jr: fgsm" in err
+
+
 def _shipped_grid_with_tiny_budget(dataset: str, folder: Path, attack_n: int = 8) -> Path:
     """The shipped grid of ``dataset`` (same models, attacks and roles) with a seconds-scale budget."""
     grid = shipped_grid_with_tiny_budget(dataset, attack_n)

@@ -86,6 +86,14 @@ class _SquareOneD:
         return torch.from_numpy(self.square.generate(x.cpu().numpy(), y.cpu().numpy())).to(x.device)
 
 
+# _no_graph_across_steps: torchattacks 3.5.1's APGD and APGD-T record the best adversarial so far
+# (``x_best_adv[idx] = x_adv[idx] + 0.0``) outside ``torch.no_grad`` while ``x_adv`` requires grad, so
+# every step's input is kept alive by a growing autograd graph: on 16000-sample waveforms at batch 128,
+# APGD-T's 9 x 100 steps held ~12 GB (an OOM kill on the 23 GB VM). Their gradients are taken under
+# ``torch.enable_grad()``, so calling the attacks under ``no_grad`` computes the same thing without the
+# graph (flat memory; docs/attacks.md).
+
+
 class StandardAutoAttack:
     """APGD-CE -> APGD-T -> FAB-T -> Square-5000, each on the survivors (torchattacks 3.5.1)."""
 
@@ -119,7 +127,8 @@ class StandardAutoAttack:
                 b = idx[i : i + t.batch_size]
                 xb = torch.as_tensor(x[b], dtype=torch.float32, device=t.device)
                 yb = torch.as_tensor(y[b], dtype=torch.long, device=t.device)
-                adv = attack(xb, yb).detach()
+                with torch.no_grad():  # see _no_graph_across_steps
+                    adv = attack(xb, yb).detach()
                 adv = torch.min(torch.max(adv, xb - self.eps), xb + self.eps).clamp(0, 1)
                 fooled = (t.logits(adv).argmax(1) != yb).cpu().numpy()
                 x_adv[b[fooled]] = adv.cpu().numpy()[fooled]

@@ -261,15 +261,15 @@ def attack_stage(
                 "arguments yet (issue 11, attack side): use a grid without transfer and cascade"
             )
         n = grid.attack_n(budget, m.key)
-        _log(
-            f"attack {i}/{len(models)} {m.key}: {', '.join(names)} on {n} images"
-            + (" (cascade: each attack on the survivors of the earlier ones)" if cascade else "")
-        )
         extra = {"surrogate_runs": surrogate_runs, "cascade": cascade} if (surrogate_runs or cascade) else {}
         if grid.domain != "feature":
             extra["domain"] = grid.domain
         try:
             with run_lock(out / "attacks" / m.key):
+                _log(  # once the lock is held: a model another worker holds is logged as skipped only
+                    f"attack {i}/{len(models)} {m.key}: {', '.join(names)} on {n} images"
+                    + (" (cascade: each attack on the survivors of the earlier ones)" if cascade else "")
+                )
                 results[m.key] = attack_run(
                     run_dir,
                     names,

@@ -162,6 +162,10 @@ def test_choice_rule_respects_the_twin():
     }
     (c,) = choose(spec, res)
     assert c["chosen"] == by[("whole", 0.01)].name  # 0.1 is more robust but 10 points less clean
+    assert c["final"] and (c["scored"], c["trials"]) == (3, 3)
+    res[by[("whole", 0.1)].key]["status"] = "failed"
+    (c,) = choose(spec, res)
+    assert c["chosen"] == by[("whole", 0.01)].name and not c["final"] and c["scored"] == 2  # provisional
     res[by[("whole", 0.01)].key]["val_clean_accuracy"] = 0.60
     assert choose(spec, res)[0]["chosen"] is None
 

@@ -336,7 +336,10 @@ def choose(spec: SweepSpec, results: Dict[str, Dict[str, Any]]) -> List[Dict[str
                     continue
             if r[metric] > best_v:
                 best, best_v = t, r[metric]
-        entry = {"group": dict(zip(ch.get("group_by") or [], g))}
+        scored = sum(1 for t in members if (results.get(t.key) or {}).get("status") == "done")
+        # a choice made before every trial of its group is scored may still change: say so
+        entry = {"group": dict(zip(ch.get("group_by") or [], g)), "scored": scored, "trials": len(members)}
+        entry["final"] = scored == len(members)
         if best is None:
             entry.update({"chosen": None, "note": "no finished trial meets the rule (yet)"})
         else:
@@ -393,11 +396,12 @@ def write_tables(spec: SweepSpec, out: Path, results: Dict[str, Dict[str, Any]])
         lines += ["", "## Choice", "", f"Rule (fixed before the sweep ran): {spec.choice.get('rule', '').strip()}", ""]
         for c in chosen:
             g = ", ".join(f"{k}={v}" for k, v in c["group"].items()) or "all"
+            state = "" if c["final"] else f" (provisional: {c['scored']} of {c['trials']} trials of this group scored)"
             if c["chosen"]:
                 vals = ", ".join(f"{k}={v}" for k, v in c["values"].items())
-                lines.append(f"- {g}: **{c['chosen']}** ({vals}; twin {c['twin'] or '-'})")
+                lines.append(f"- {g}: **{c['chosen']}** ({vals}; twin {c['twin'] or '-'}){state}")
             else:
-                lines.append(f"- {g}: {c['note']}")
+                lines.append(f"- {g}: {c['note']}{state}")
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     atomic_write_json(
         out / "results.json",

@@ -4,11 +4,14 @@ interval, and the seconds it took. For a stage still running (or stopped by the 
 the report needs every attack of every model, this table shows what is finished and what it cost.
 
 Usage: python benchmarks/attack_progress.py [--results benchmarks/results/cifar10] [--order fgsm,pgd,...]
-    [--grid NAME]
+    [--grid NAME] [--workers 2]
 Attacks found in the parts but not in --order (e.g. a grid's other transfer surrogates) follow it.
 eps are labelled as the grid labels them (k/255, or samples for the waveform grid): the grid named in
 <results>/reproduce.json, or --grid. Per model and in all: the summed attack seconds, with the masking
-probes where their part records their time (parts written before that count without them).
+probes where their part records their time (parts written before that count without them), and the
+models' seconds list-scheduled in grid order on --workers workers (a free ``reproduce --jobs`` worker takes
+the next model nobody holds): an estimate of the stage's wall time, derived from parts timed on cores
+shared with other processes, not a timed end-to-end run.
 Writes <results>/attack_progress.json and .md. Trains and attacks nothing.
 """
 
@@ -89,16 +92,45 @@ def model_progress(folder: Path, order: list[str]) -> dict:
     }
 
 
-def eps_labeller(root: Path, grid_name: str | None):
-    """How the grid of these results writes one eps (``2/255`` or ``4 samples``)."""
+def _grid(root: Path, grid_name: str | None):
+    """The grid these results were made with (--grid, else the one reproduce.json names), or None."""
     if not grid_name and (root / "reproduce.json").is_file():
         grid_name = Path(json.loads((root / "reproduce.json").read_text()).get("grid") or "").stem or None
-    if grid_name:
-        from tinyrobust.report.grid import load_grid
-        from tinyrobust.reproduce.pipeline import grid_path
+    if not grid_name:
+        return None
+    from tinyrobust.report.grid import load_grid
+    from tinyrobust.reproduce.pipeline import grid_path
 
-        return load_grid(grid_path(grid_name)).eps_label
-    return lambda e: f"{e:g}/255"
+    return load_grid(grid_path(grid_name))
+
+
+def eps_labeller(root: Path, grid_name: str | None):
+    """How the grid of these results writes one eps (``2/255`` or ``4 samples``)."""
+    grid = _grid(root, grid_name)
+    return grid.eps_label if grid is not None else (lambda e: f"{e:g}/255")
+
+
+def list_schedule(seconds: dict[str, float], workers: int) -> dict:
+    """Models in the given order, each taken by the worker that is free first (as ``--jobs`` workers take
+    the next unlocked model): the finishing time of the last one, and which worker ran what."""
+    free = [0.0] * workers
+    runs: list[list[str]] = [[] for _ in range(workers)]
+    for key, secs in seconds.items():
+        w = min(range(workers), key=lambda i: (free[i], i))
+        free[w] += secs
+        runs[w].append(key)
+    return {"workers": workers, "makespan_s": round(max(free, default=0.0), 1), "per_worker": runs}
+
+
+def _schedule_line(sch: dict) -> str:
+    h = sch["makespan_s"] / 3600
+    what = "" if sch["all_finished"] else " (a lower bound: some models are not finished)"
+    runs = "; ".join(f"worker {i + 1}: {', '.join(r) or '-'}" for i, r in enumerate(sch["per_worker"]))
+    return (
+        f"List-scheduled in grid order on {sch['workers']} workers (`reproduce --jobs {sch['workers']}`): "
+        f"{sch['makespan_s']:.0f} s = {h:.2f} h{what}, derived from the parts' seconds, not timed end to end "
+        f"({runs})."
+    )
 
 
 def main() -> None:
@@ -106,20 +138,27 @@ def main() -> None:
     ap.add_argument("--results", default="benchmarks/results/cifar10")
     ap.add_argument("--order", default=",".join(ORDER), help="attack order of the grid's cascade")
     ap.add_argument("--grid", help="grid whose eps labels to use (default: the one reproduce.json names)")
+    ap.add_argument("--workers", type=int, default=2, help="reproduce --jobs workers to list-schedule on")
     a = ap.parse_args()
     root = Path(a.results)
     order = [s for s in a.order.split(",") if s]
-    models = {
-        d.name: model_progress(d, order)
+    found = {
+        d.name: d
         for d in sorted((root / "attacks").iterdir())
         if (d / "robustness_parts").is_dir() or (d / "robustness.json").is_file()
     }
+    grid = _grid(root, a.grid)
+    grid_order = [m.key for m in grid.models] if grid is not None else []
+    keys = [k for k in grid_order if k in found] + [k for k in found if k not in grid_order]
+    models = {k: model_progress(found[k], order) for k in keys}
     out = {
         "command": f"python benchmarks/attack_progress.py --results {a.results}",
         "machine": {"platform": platform.platform(), "arch": platform.machine()},
         "models": models,
     }
     out["attack_seconds_total"] = round(sum(m["attack_seconds"] for m in models.values()), 1)
+    out["list_schedule"] = list_schedule({k: m["attack_seconds"] for k, m in models.items()}, max(1, a.workers))
+    out["list_schedule"]["all_finished"] = all(m["finished"] for m in models.values())
     (root / "attack_progress.json").write_text(json.dumps(out, indent=2) + "\n")
     label = eps_labeller(root, a.grid)
     md = [
@@ -133,6 +172,8 @@ def main() -> None:
         "",
         f"Summed attack seconds, all models: {out['attack_seconds_total']:.0f} "
         f"({out['attack_seconds_total'] / 3600:.2f} h of one thread).",
+        "",
+        _schedule_line(out["list_schedule"]),
         "",
     ]
     for key, m in models.items():

@@ -40,3 +40,11 @@ def test_eps_labelled_in_the_grids_unit(tmp_path):
     ap = _module()
     assert ap.eps_labeller(tmp_path, None)(2.0) == "2/255"
     assert ap.eps_labeller(tmp_path, "speech_commands_wav")(8 / 257) == "8 samples"
+
+
+def test_list_schedule_gives_each_model_to_the_first_free_worker():
+    ap = _module()
+    sch = ap.list_schedule({"a": 10.0, "b": 4.0, "c": 3.0, "d": 5.0}, 2)
+    assert sch["per_worker"] == [["a"], ["b", "c", "d"]] and sch["makespan_s"] == 12.0
+    assert ap.list_schedule({"a": 10.0, "b": 4.0}, 1)["makespan_s"] == 14.0
+    assert ap.list_schedule({}, 2)["makespan_s"] == 0.0

@@ -200,3 +200,14 @@ def test_extra_run_on_other_images_is_refused_with_a_reason(tmp_path, fake_kb):
     (run / "robustness.json").write_text(json.dumps(stale))
     p = next(p for p in pareto.collect_points(data, tmp_path, [run])["points"] if p["key"] == "x")
     assert "stale" in p["robust_note"]
+
+
+def test_pareto_eps_in_the_grids_unit():
+    """2/255 and 8/255 where the grid has them; the waveform grid (1, 2, 4, 8 samples) gets 2 and 8 samples."""
+    from tinyrobust.report.pareto import eps_label, pareto_eps
+
+    assert pareto_eps([1, 2, 4, 8]) == [2, 8] and pareto_eps([8]) == [8]
+    samples = [k * 255 / 65535 for k in (1, 2, 4, 8)]
+    assert pareto_eps(samples) == [samples[1], samples[3]] and pareto_eps([]) == []
+    assert eps_label({"labels": {"0.0077821": "2 samples"}}, "0.0077821") == "2 samples"
+    assert eps_label({}, "2") == "2/255"

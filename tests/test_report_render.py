@@ -294,3 +294,14 @@ def test_one_archive_extracted_into_two_cache_folders_is_named_once(tmp_path):
     models[0]["attacks"]["meta"]["threat_model"] = "L-inf"
     line = render._context(grid, "quick", tmp_path / "out", {"models": models})[0]
     assert line.endswith("read from $D/test.tar.xz (extracted once into the cache) (official)")
+
+
+def test_masking_details_use_the_grids_eps_unit():
+    """The attack code writes eps as k/255; the waveform grid's report says samples, also in check details."""
+    data = {"eps_labels": {"0.00389105": "1 sample", "0.0077821": "2 samples", "2": "2/255"}}
+    text = "limit 2: 0.00389105/255: 4 (2.0%), 0.0077821/255: 2 (1.0%), 2/255: 1, 10.00389105/255: 0"
+    assert (
+        render._relabel_eps(text, data)
+        == "limit 2: 1 sample: 4 (2.0%), 2 samples: 2 (1.0%), 2/255: 1, 10.00389105/255: 0"
+    )
+    assert render._relabel_eps(text, {}) == text

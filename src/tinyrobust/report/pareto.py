@@ -108,8 +108,18 @@ def _clean(summary: Optional[Dict[str, Any]], res: Optional[Dict[str, Any]]) -> 
 
 
 def pareto_eps(eps: Sequence[float]) -> List[float]:
+    """2/255 and 8/255 where the grid has them; a grid in other units (the waveform grid's samples) has
+    neither: its second-smallest and largest eps instead (2 and 8 samples there)."""
     have = {ekey(e) for e in eps}
-    return [e for e in PARETO_EPS if ekey(e) in have]
+    chosen = [e for e in PARETO_EPS if ekey(e) in have]
+    if chosen or not eps:
+        return chosen
+    ordered = sorted(eps)
+    return list(dict.fromkeys([ordered[min(1, len(ordered) - 1)], ordered[-1]]))
+
+
+def eps_label(pareto: Dict[str, Any], q: str) -> str:
+    return (pareto.get("labels") or {}).get(q, f"{q}/255")
 
 
 def _extra_reason(
@@ -245,7 +255,14 @@ def collect_points(data: Dict[str, Any], out: Path, extra_runs: Sequence[Path] =
         vals = [_value(p, q) for p in points]
         for p, on in zip(points, pareto_front(vals)):
             p.setdefault("front", {})[q] = on
-    return {"eps": [ekey(e) for e in eps], "quantities": quantities, "common": list(common), "points": points}
+    labels = {ekey(e): (data.get("eps_labels") or {}).get(ekey(e), f"{ekey(e)}/255") for e in eps}
+    return {
+        "eps": [ekey(e) for e in eps],
+        "labels": labels,
+        "quantities": quantities,
+        "common": list(common),
+        "points": points,
+    }
 
 
 def _load(path: Path) -> Optional[Dict[str, Any]]:
@@ -265,8 +282,8 @@ def _value(p: Dict[str, Any], q: str) -> Optional[Tuple[float, float]]:
     return None if a is None or p["weight_kb"] is None else (p["weight_kb"], a["robust_accuracy"])
 
 
-def quantity_title(q: str) -> str:
-    return "clean accuracy" if q == "clean" else f"worst-case robust accuracy at {q}/255"
+def quantity_title(q: str, pareto: Optional[Dict[str, Any]] = None) -> str:
+    return "clean accuracy" if q == "clean" else f"worst-case robust accuracy at {eps_label(pareto or {}, q)}"
 
 
 # ---------------------------------------------------------------- table and plots
@@ -277,7 +294,7 @@ def table(pareto: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
     interval and n, and the quantities on whose front it lies."""
     qs = pareto["quantities"]
     head = ["run", "weights / acts", "JR", "weight KB"]
-    head += ["clean % [95% CI]"] + [f"eps {q}/255 % [95% CI]" for q in qs[1:]] + ["on the front"]
+    head += ["clean % [95% CI]"] + [f"eps {eps_label(pareto, q)} % [95% CI]" for q in qs[1:]] + ["on the front"]
     rows = []
     for p in sorted(pareto["points"], key=lambda p: (p["weight_kb"] is None, p["weight_kb"] or 0, p["key"])):
         kb = "n/a" if p["weight_kb"] is None else f"{p['weight_kb']:.1f}"
@@ -290,7 +307,7 @@ def table(pareto: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
                 cells.append("n/a" + (f" ({p['robust_note']})" if q != "clean" and p["robust_note"] else ""))
             else:
                 cells.append(format_ci(a["robust_accuracy"], a["ci95"], a["n"]))
-        on = [("clean" if q == "clean" else f"{q}/255") for q in qs if p["front"].get(q)]
+        on = [("clean" if q == "clean" else eps_label(pareto, q)) for q in qs if p["front"].get(q)]
         name = p["key"] + (" (reference)" if p["role"] in REFERENCE_ROLES else "")
         name += " (gradient masking suspected)" if p["masked"] else ""
         rows.append(
@@ -300,7 +317,7 @@ def table(pareto: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
 
 
 def notes(pareto: Dict[str, Any]) -> List[str]:
-    eps_text = " and ".join(f"{q}/255" for q in pareto["eps"]) or "none of 2/255 and 8/255 (not in the grid's eps)"
+    eps_text = " and ".join(eps_label(pareto, q) for q in pareto["eps"]) or "no eps (the grid has none)"
     lines = [
         "Weight KB (the footprint's figure: weights at their bit widths, biases, 32-bit per-channel weight scales "
         "and BatchNorm folded into 32-bit biases) against clean test accuracy and against the headline's "
@@ -398,8 +415,8 @@ def plots(pareto: Dict[str, Any]) -> Dict[str, bytes]:
         ax.set_xlim(min(kbs) / 1.5, max(kbs) * 1.5)
         ax.set_ylim(-2, 100)
         ax.set_xlabel("weight memory (KB, log scale; scales and folded BatchNorm included)")
-        ax.set_ylabel(f"{quantity_title(q)} % (95% CI)")
-        ax.set_title(f"{quantity_title(q)} vs weight memory: Pareto front (dashed)", fontsize=9)
+        ax.set_ylabel(f"{quantity_title(q, pareto)} % (95% CI)")
+        ax.set_title(f"{quantity_title(q, pareto)} vs weight memory: Pareto front (dashed)", fontsize=9)
         ax.grid(alpha=0.3, which="both")
         precs = list(dict.fromkeys(p["weights"] for p, _ in pts))
         handles = [Line2D([], [], marker="o", ls="", color=_prec_colour(w), label=f"weights {w}") for w in precs] + [

@@ -67,6 +67,14 @@ def paper_caveat(data: Dict[str, Any]) -> Optional[str]:
 Table = Tuple[List[str], List[List[str]]]
 
 
+def _relabel_eps(text: str, data: Dict[str, Any]) -> str:
+    """The attack code writes eps as ``<key>/255``; a grid with its own unit (waveform samples) relabels them."""
+    for k, label in (data.get("eps_labels") or {}).items():
+        if label != f"{k}/255":
+            text = re.sub(rf"(?<![\d.]){re.escape(k)}/255", label, text)
+    return text
+
+
 def _eps_label(data: Dict[str, Any], e: float) -> str:
     """``2/255``, or the grid's own unit (``32 samples`` in the waveform domain)."""
     return (data.get("eps_labels") or {}).get(ekey(e), f"{e:g}/255")
@@ -373,7 +381,8 @@ def tables(data: Dict[str, Any]) -> Dict[str, Table]:
             rows.append([m["label"], "not attacked" if not m["attacks"] else "no checks run", ""])
             continue
         failed = [c for c in mc["checks"] if c["passed"] is False]
-        rows.append([m["label"], mc["verdict"], "; ".join(f"{c['check']}: {c['detail']}" for c in failed)])
+        detail = "; ".join(f"{c['check']}: {c['detail']}" for c in failed)
+        rows.append([m["label"], mc["verdict"], _relabel_eps(detail, data)])
     t["masking"] = (["model", "verdict", "failed checks"], rows)
 
     rows = []

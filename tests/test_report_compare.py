@@ -147,3 +147,32 @@ def test_masked_model_is_flagged_not_hidden():
     models = three_models(masked=True)
     cmp = compare(models, EPS)
     assert cmp["models"]["prop"]["masked"] and not cmp["models"]["ref"]["masked"]
+
+
+def test_seed_summary_gives_mean_std_and_per_seed_paired_deltas():
+    """Entries trained with several seeds: mean +- std (n - 1) over seeds, and the proposed entry minus each
+    other multi-seed entry paired seed by seed on shared images."""
+
+    def m(key, role, group, seed, broken):
+        res = make_res(REPORT_CLEAN, {"pgd": broken}, ["pgd", "square"])
+        return {"key": key, "label": key, "role": role, "group": group, "seed": seed, "attacks": res}
+
+    models = [
+        m("prop", "proposed", "prop", 0, {0, 1}),  # 7 of 10 robust
+        m("prop_s1", "variant", "prop", 1, {0}),  # 8
+        m("ref", "reference", "ref", 0, {0, 1, 2, 3}),  # 5
+        m("ref_s1", "variant", "ref", 1, {0, 1, 2}),  # 6
+        m("flt", "float", "flt", 0, {0}),  # one seed: no summary
+    ]
+    sd = compare(models, REPORT_EPS)["seeds"]
+    assert set(sd["groups"]) == {"prop", "ref"}
+    p = sd["groups"]["prop"]["worst_case"]["2"]
+    assert p["mean"] == pytest.approx(0.75) and p["std"] == pytest.approx(0.0707107, abs=1e-6) and p["n_seeds"] == 2
+    assert sd["groups"]["ref"]["worst_case"]["8"]["mean"] == pytest.approx(0.55)
+    assert sd["groups"]["prop"]["clean"]["mean"] == pytest.approx(0.9) and sd["groups"]["prop"]["clean"]["std"] == 0
+    (d2, d8) = [d for d in sd["deltas"] if d["other"] == "ref"]
+    assert [x["seed"] for x in d2["per_seed"]] == [0, 1] and [x["delta"] for x in d2["per_seed"]] == pytest.approx(
+        [0.2, 0.2]
+    )
+    assert d2["mean"] == pytest.approx(0.2) and d2["std"] == pytest.approx(0.0) and len(d2["per_seed"][0]["ci95"]) == 2
+    assert not [d for d in sd["deltas"] if d["other"] == "flt"]

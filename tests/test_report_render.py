@@ -305,3 +305,31 @@ def test_masking_details_use_the_grids_eps_unit():
         == "limit 2: 1 sample: 4 (2.0%), 2 samples: 2 (1.0%), 2/255: 1, 10.00389105/255: 0"
     )
     assert render._relabel_eps(text, {}) == text
+
+
+def test_seed_tables_show_mean_std_and_each_seeds_paired_interval():
+    from tinyrobust.report.compare import compare
+
+    def m(key, role, group, seed, broken):
+        res = make_res(CLEAN, {"pgd": broken}, ["pgd", "square"])
+        return {"key": key, "label": key.upper(), "role": role, "group": group, "seed": seed, "attacks": res}
+
+    models = [
+        m("prop", "proposed", "prop", 0, {0, 1}),
+        m("prop_s1", "variant", "prop", 1, {0}),
+        m("ref", "reference", "ref", 0, {0, 1, 2, 3}),
+        m("ref_s1", "variant", "ref", 1, {0, 1, 2}),
+    ]
+    data = {"eps": [2.0, 8.0], "models": models, "comparison": compare(models, [2.0, 8.0])}
+    (head, rows), (dhead, drows) = render._seed_tables(data)
+    assert head[:3] == ["grid entry", "seeds", "clean % mean +- std"] and rows[0][:4] == [
+        "PROP",
+        "0, 1",
+        "90.0 +- 0.0",
+        "75.0 +- 7.1",
+    ]
+    assert drows[0][0] == "REF" and drows[0][1].startswith("+20.0 +- 0.0 (seed 0: +20.0 [")
+    assert render._seed_tables({"eps": [2.0], "models": [], "comparison": {}}) == (
+        (["grid entry", "seeds", "clean % mean +- std", "eps 2/255 %"], []),
+        (["proposed minus", "eps 2/255 points"], []),
+    )

@@ -136,6 +136,24 @@ def test_extends_merges_the_parent_grid_and_waveform_eps_are_in_samples(tmp_path
     assert [wav.run_config(m, "full") for m in wav.models] == [lm.run_config(m, "full") for m in lm.models]
 
 
+def test_seeds_expand_a_model_entry_into_variants_sharing_its_n(tmp_path):
+    grid = tiny_grid()
+    grid["models"][0]["seeds"] = [1, 2]
+    grid["budgets"]["quick"]["attack_n"] = {"default": 7, "qnn_int4_jr": 20}
+    g = load_grid(write_grid(tmp_path / "g", grid) / "cifar10.yaml")
+    assert [m.key for m in g.models] == ["qnn_int4_jr", "qnn_int4_jr_s1", "qnn_int4_jr_s2", "resnet", "qnn_float"]
+    s2 = g.model("qnn_int4_jr_s2")
+    assert (s2.role, s2.group, s2.seed, s2.label) == ("variant", "qnn_int4_jr", 2, "proposed, seed 2")
+    assert g.model("qnn_int4_jr").seed == 0 and g.model("resnet").group == "resnet"
+    cfg, base = g.run_config(s2, "quick"), g.run_config(g.model("qnn_int4_jr"), "quick")
+    assert cfg.seed == 2 and base.seed == 0 and cfg.jr == base.jr and cfg.model == base.model
+    assert g.attack_n("quick", "qnn_int4_jr_s2") == 20 and g.attack_n("quick", "resnet") == 7
+    for bad, msg in (([0], "other than the entry's own seed"), ([1, 1], "distinct"), (["a"], "integers")):
+        grid["models"][0]["seeds"] = bad
+        with pytest.raises(ConfigError, match=msg):
+            load_grid(write_grid(tmp_path / "g", grid) / "cifar10.yaml")
+
+
 def test_skip_attacks_of_a_budget(tmp_path):
     grid = tiny_grid()
     grid["budgets"]["quick"]["skip_attacks"] = ["square"]

@@ -228,10 +228,68 @@ def compare(models: Sequence[Dict[str, Any]], eps: Sequence[float]) -> Dict[str,
         "models": per_model,
         "deltas": deltas,
         "skipped": {m["key"]: {a: r for a, r in skipped(m["key"], m["attacks"]).items() if a in left} for m in models},
+        "seeds": seed_summary(models, eps, common),
     }
 
 
 _ROLE_ORDER = {"reference": 0, "reference_quantized": 1, "ablation": 2, "float": 3, "variant": 4}
+
+
+def _mean_std(values: Sequence[float]) -> Dict[str, Any]:
+    """Mean and sample standard deviation (n - 1) over seeds; std is None for a single seed."""
+    import statistics
+
+    v = list(values)
+    return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else None, "n_seeds": len(v)}
+
+
+def seed_summary(models: Sequence[Dict[str, Any]], eps: Sequence[float], common: Sequence[str]) -> Dict[str, Any]:
+    """Mean +- std over seeds for every grid entry trained with more than one seed (``group``), and for
+    the proposed entry minus each other multi-seed entry: the per-seed paired difference on shared
+    images (same seed paired with same seed), then its mean +- std over the seeds both have."""
+    attacked = [m for m in models if m.get("attacks")]
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for m in attacked:
+        groups.setdefault(m.get("group") or m["key"], []).append(m)
+    multi = {g: ms for g, ms in groups.items() if len(ms) > 1}
+    out: Dict[str, Any] = {"groups": {}, "deltas": []}
+    for g, ms in multi.items():
+        row = {
+            "seeds": [m.get("seed") for m in ms],
+            "members": [m["key"] for m in ms],
+            "clean": _mean_std(
+                [sum(c == "1" for c in m["attacks"]["clean_correct"]) / len(m["attacks"]["clean_correct"]) for m in ms]
+            ),
+            "worst_case": {},
+        }
+        for e in eps:
+            row["worst_case"][ekey(e)] = _mean_std(
+                [sum(worst_case(m["attacks"], common, e)[0]) / len(m["attacks"]["clean_correct"]) for m in ms]
+            )
+        out["groups"][g] = row
+    proposed = next((m for m in attacked if m["role"] == "proposed"), None)
+    pg = (proposed.get("group") or proposed["key"]) if proposed else None
+    if pg in multi:
+        mine = {m.get("seed"): m for m in multi[pg]}
+        for g, ms in multi.items():
+            if g == pg:
+                continue
+            theirs = {m.get("seed"): m for m in ms}
+            shared = [sd for sd in mine if sd in theirs]
+            if len(shared) < 2:
+                continue
+            for e in eps:
+                per_seed = []
+                for sd in shared:
+                    a_res, b_res = mine[sd]["attacks"], theirs[sd]["attacks"]
+                    n_pair = min(len(a_res["clean_correct"]), len(b_res["clean_correct"]))
+                    a, _ = worst_case(a_res, common, e, n_pair)
+                    b, _ = worst_case(b_res, common, e, n_pair)
+                    per_seed.append({"seed": sd, "n": n_pair, **paired_difference(a, b)})
+                out["deltas"].append(
+                    {"other": g, "eps": ekey(e), **_mean_std([d["delta"] for d in per_seed]), "per_seed": per_seed}
+                )
+    return out
 
 
 def _family(models: Sequence[Dict[str, Any]], attack: str) -> str:

@@ -37,7 +37,7 @@ EPS_UNITS = ("255ths", "samples")
 BUDGET_KEYS = {"epochs", "train_subset", "test_subset", "attack_n", "attack_params", "skip_attacks", "cascade"}
 DEFAULT_ATTACK_N = 500
 TRANSFER = "transfer"
-MODEL_KEYS = {"key", "label", "role", "config"}
+MODEL_KEYS = {"key", "label", "role", "config", "seeds"}
 
 
 @dataclass
@@ -46,6 +46,11 @@ class GridModel:
     label: str
     role: str
     config: Dict[str, Any]
+    # seeds: a model entry with ``seeds: [1, 2]`` also trains as ``<key>_s1``, ``<key>_s2`` (role variant,
+    # same config but the seed); ``group`` is the entry's key for all of them, so the report can give
+    # mean +- std over seeds (compare.seed_summary)
+    group: str = ""
+    seed: int | None = None
 
 
 @dataclass
@@ -105,7 +110,10 @@ class Grid:
     def attack_n(self, budget: str, key: str) -> int:
         """Test images the model ``key`` is attacked on (``attack_n``: a number, or per model with ``default``)."""
         n = self.budget(budget).get("attack_n", DEFAULT_ATTACK_N)
-        return int(n.get(key, n.get("default", DEFAULT_ATTACK_N))) if isinstance(n, dict) else int(n)
+        if not isinstance(n, dict):
+            return int(n)
+        group = next((m.group for m in self.models if m.key == key and m.group), key)  # seeds share their n
+        return int(n.get(key, n.get(group, n.get("default", DEFAULT_ATTACK_N))))
 
     def cascade(self, budget: str) -> bool:
         return bool(self.budget(budget).get("cascade", False))
@@ -256,7 +264,26 @@ def load_grid(path: str | Path) -> Grid:
         keys.add(m["key"])
         role = m.get("role", "variant")
         _require(role in ROLES, f"{path}: models[{i}].role {role!r}; choose one of: {', '.join(ROLES)}")
-        models.append(GridModel(m["key"], m.get("label", m["key"]), role, m.get("config") or {}))
+        config = m.get("config") or {}
+        label = m.get("label", m["key"])
+        base_seed = config.get("seed", (raw.get("base") or {}).get("seed", 0))
+        seeds = m.get("seeds") or []
+        _require(
+            isinstance(seeds, list)
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+            and len(set(seeds)) == len(seeds)
+            and base_seed not in seeds,
+            f"{path}: models[{i}].seeds must be a list of distinct integers >= 0 other than the entry's own seed "
+            f"({base_seed}); the entry itself is that seed",
+        )
+        models.append(GridModel(m["key"], label, role, config, m["key"], base_seed))
+        for sd in seeds:
+            key = f"{m['key']}_s{sd}"
+            _require(key not in keys, f"{path}: models[{i}].seeds: key {key!r} is used twice")
+            keys.add(key)
+            models.append(
+                GridModel(key, f"{label}, seed {sd}", "variant", _deep_merge(config, {"seed": sd}), m["key"], sd)
+            )
     if "surrogate" in raw and "surrogates" in raw:
         raise ConfigError(f"{path}: give either surrogate or surrogates, not both")
     surrogates = raw.get("surrogates", [raw["surrogate"]] if raw.get("surrogate") else [])

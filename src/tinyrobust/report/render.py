@@ -140,6 +140,8 @@ def collect(grid: Grid, out: Path, budget: Optional[str] = None) -> Dict[str, An
                 "label": m.label,
                 "role": m.role,
                 "config": m.config,
+                "group": m.group or m.key,
+                "seed": m.seed,
                 "summary": summary,
                 "attacks": attacks,
                 "onnx_attacks": onnx,
@@ -208,6 +210,44 @@ def _weight_kb(run_dir: Path, summary: Optional[Dict[str, Any]]) -> Optional[flo
         return recompute_weight_kb(run_dir)
     except Exception:  # noqa: BLE001 - a config this version cannot build: keep the recorded figure
         return summary.get("weight_kb")
+
+
+def _pm(v: Dict[str, Any], scale: float = 100.0, sign: bool = False) -> str:
+    mean = f"{scale * v['mean']:+.1f}" if sign else f"{scale * v['mean']:.1f}"
+    return mean + (f" +- {scale * v['std']:.1f}" if v.get("std") is not None else "")
+
+
+def _seed_tables(data: Dict[str, Any]) -> Tuple[Table, Table]:
+    """Mean +- std over seeds per multi-seed grid entry, and the proposed entry minus each other one."""
+    eps = data["eps"]
+    sd = (data["comparison"] or {}).get("seeds") or {"groups": {}, "deltas": []}
+    by_key = {m["key"]: m for m in data["models"]}
+    rows = []
+    for g, row in sd["groups"].items():
+        masked_any = any(masked(by_key[k]["attacks"]) for k in row["members"])
+        rows.append(
+            [
+                by_key[g]["label"] + (f" ({MASKING_NOTE} for some seed)" if masked_any else ""),
+                ", ".join(map(str, row["seeds"])),
+            ]
+            + [_pm(row["clean"])]
+            + [_pm(row["worst_case"][ekey(e)]) for e in eps]
+        )
+    seeds_t = (["grid entry", "seeds", "clean % mean +- std"] + [f"eps {_eps_label(data, e)} %" for e in eps], rows)
+    rows = []
+    for other in dict.fromkeys(d["other"] for d in sd["deltas"]):
+        ds = {d["eps"]: d for d in sd["deltas"] if d["other"] == other}
+        cells = []
+        for e in eps:
+            d = ds[ekey(e)]
+            per = "; ".join(
+                f"seed {p['seed']}: {100 * p['delta']:+.1f} [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}]"
+                for p in d["per_seed"]
+            )
+            cells.append(f"{_pm(d, sign=True)} ({per})")
+        rows.append([by_key[other]["label"]] + cells)
+    deltas_t = (["proposed minus"] + [f"eps {_eps_label(data, e)} points" for e in eps], rows)
+    return seeds_t, deltas_t
 
 
 def tables(data: Dict[str, Any]) -> Dict[str, Table]:
@@ -283,6 +323,7 @@ def tables(data: Dict[str, Any]) -> Dict[str, Table]:
             ]
             + [str(ds[ekey(eps[0])].get("n", cmp["n_shared"]))]
         )
+    t["seeds"], t["seed_deltas"] = _seed_tables(data)
     t["deltas"] = (
         ["proposed minus", "role"]
         + [f"eps {_eps_label(data, e)} points [paired 95% CI]" for e in eps]
@@ -672,6 +713,31 @@ def _sections(
             t["deltas"],
         ),
     ]
+    if t["seeds"][1]:
+        s.append(
+            (
+                "##",
+                "Over seeds: mean +- std",
+                [
+                    "Grid entries trained with more than one seed (`seeds:` in the grid): clean and worst-case robust "
+                    "accuracy (common set, as in the headline) on the attacked images, mean +- sample standard "
+                    "deviation over the seeds. The headline rows above are the entries' own seed."
+                ],
+                t["seeds"],
+            )
+        )
+        if t["seed_deltas"][1]:
+            s.append(
+                (
+                    "###",
+                    "Proposed minus each multi-seed entry, over seeds",
+                    [
+                        "Per seed, the proposed entry minus the other entry trained with the same seed, paired on "
+                        "shared images (Newcombe 95% interval in brackets); then mean +- std of those differences."
+                    ],
+                    t["seed_deltas"],
+                )
+            )
     if t["black"][1]:
         s.append(
             (

@@ -170,6 +170,41 @@ def test_choice_rule_respects_the_twin():
     assert choose(spec, res)[0]["chosen"] is None
 
 
+def test_results_table_pairs_each_trial_with_its_twin_and_backfills_older_trials(tmp_path):
+    """robust_minus_twin is paired on the same validation images; a trial scored before val_robust was
+    recorded gets it from its attack parts, only when they reproduce its recorded robust accuracy."""
+    import json
+
+    from tinyrobust.sweep.engine import write_tables
+    from tinyrobust.sweep.trial import read_result
+
+    raw = tiny_sweep(
+        grid={"lambda": [0.01], "jr_mode": {"none": {"jr.weight": 0.0}, "whole": {"jr.weight": "${lambda}"}}},
+        choice={"rule": "r", "twin": {"jr_mode": "none"}, "max_clean_drop": 0.05},
+    )
+    spec = parse_sweep(raw)
+    twin, jr = sorted(spec.trials, key=lambda t: t.values["jr_mode"] != "none")
+    old = tmp_path / "old"  # the twin, scored before val_robust existed: parts only
+    (old / "sweep_attacks").mkdir(parents=True)
+    for a, robust in (("apgd", "1101100000"), ("square", "1011100000")):
+        (old / "sweep_attacks" / f"{a}_at_eps2.json").write_text(json.dumps({"entry": {"robust": robust}}))
+    base = {"status": "done", "attacks": ["apgd", "square"], "eps": 2, "n": 10, "val_clean_accuracy": 0.8}
+    (old / "sweep_trial.json").write_text(json.dumps({**base, "val_robust_accuracy": 0.3}))
+    assert read_result(old)["val_robust"] == "1001100000"  # worst case: both attacks
+    (old / "sweep_trial.json").write_text(json.dumps({**base, "val_robust_accuracy": 0.4}))
+    assert "val_robust" not in read_result(old)  # the parts do not give the recorded figure: no pairing
+    (old / "sweep_trial.json").write_text(json.dumps({**base, "val_robust_accuracy": 0.3}))
+    results = {
+        twin.key: read_result(old),
+        jr.key: {**base, "val_robust_accuracy": 0.5, "val_robust": "1111100000"},
+    }
+    write_tables(spec, tmp_path, results)
+    rows = {r["trial"]: r for r in json.loads((tmp_path / "results.json").read_text())["trials"]}
+    assert rows[jr.name]["robust_minus_twin"] == pytest.approx(0.2)
+    lo, hi = rows[jr.name]["robust_minus_twin_ci95"]
+    assert lo < 0.2 < hi and rows[twin.name]["robust_minus_twin"] is None
+
+
 # ------------------------------------------------------------------ running (in-process executor)
 
 

@@ -276,6 +276,8 @@ COLUMNS = [
     "val_clean_accuracy",
     "val_robust_accuracy",
     "val_robust_ci95",
+    "robust_minus_twin",  # paired on the same validation images (Newcombe 95% interval beside it)
+    "robust_minus_twin_ci95",
     "median_jacobian_sq_frobenius",
     "weight_kb",
     "train_s",
@@ -356,6 +358,19 @@ def choose(spec: SweepSpec, results: Dict[str, Dict[str, Any]]) -> List[Dict[str
     return chosen
 
 
+def _minus_twin(spec: SweepSpec, trial: Trial, results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """The trial's validation robust accuracy minus its twin's, paired on the same images."""
+    from ..stats import paired_difference
+
+    none = {"robust_minus_twin": None, "robust_minus_twin_ci95": None}
+    tk = _twin_key(spec, trial)
+    a, b = (results.get(trial.key) or {}).get("val_robust"), (results.get(tk) or {}).get("val_robust")
+    if tk is None or tk == trial.key or not a or not b or len(a) != len(b):
+        return none
+    d = paired_difference([c == "1" for c in a], [c == "1" for c in b])
+    return {"robust_minus_twin": d["delta"], "robust_minus_twin_ci95": d["ci95"]}
+
+
 def write_tables(spec: SweepSpec, out: Path, results: Dict[str, Dict[str, Any]]) -> None:
     rows = []
     for t in spec.trials:
@@ -363,6 +378,7 @@ def write_tables(spec: SweepSpec, out: Path, results: Dict[str, Dict[str, Any]])
         row = {"trial": t.name, "status": r.get("status")}
         row.update({a: t.values.get(a, "") for a in spec.axes})
         row.update({c: r.get(c) for c in COLUMNS})
+        row.update(_minus_twin(spec, t, results))
         row["error"] = r.get("error", "")
         rows.append(row)
     header = ["trial", "status"] + spec.axes + COLUMNS + ["error"]
@@ -385,6 +401,7 @@ def write_tables(spec: SweepSpec, out: Path, results: Dict[str, Dict[str, Any]])
         f"Validation images only (data.val_size held out of the training split; the test split is not used). "
         f"Robust accuracy: per-image worst case of {', '.join(ev['attacks']) or '(none)'} at L-inf "
         f"{_fmt(ev['eps'])}/255 on {ev['n']} stratified validation images, 95% Wilson interval; "
+        f"robust_minus_twin: minus the trial's no-JR twin on the same images (Newcombe paired 95% interval); "
         f"Jacobian: median input->logits ||J||_F^2 over {ev['jacobian_n']} validation images.",
         "",
         "| " + " | ".join(header) + " |",

@@ -26,9 +26,33 @@ def read_result(run_dir: Path) -> Optional[Dict[str, Any]]:
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text())
+        result = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError):
         return None  # cut by a kill: score again
+    if result.get("status") == "done" and "val_robust" not in result:
+        flags = _robust_from_parts(Path(run_dir), result)
+        if flags is not None:
+            result["val_robust"] = flags
+    return result
+
+
+def _robust_from_parts(run_dir: Path, result: Dict[str, Any]) -> Optional[str]:
+    """Per-image worst case of a trial scored before ``val_robust`` was recorded, from its attack parts
+    (each a 0/1 string over the same images); None unless it reproduces the recorded robust accuracy."""
+    from ..attacks.runner import eps_key
+
+    strings = []
+    for a in result.get("attacks") or []:
+        part = run_dir / ATTACK_CACHE / f"{a}_at_eps{eps_key(float(result['eps']))}.json"
+        try:
+            strings.append(json.loads(part.read_text())["entry"]["robust"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    if not strings or len({len(t) for t in strings}) != 1 or len(strings[0]) != result.get("n"):
+        return None
+    flags = "".join("1" if all(c == "1" for c in chars) else "0" for chars in zip(*strings))
+    ok = abs(flags.count("1") / len(flags) - float(result.get("val_robust_accuracy", -1))) < 1e-9
+    return flags if ok else None
 
 
 def validation_data(cfg, data_dir: Optional[str]):
@@ -101,6 +125,7 @@ def score_run(
             {
                 "val_robust_accuracy": wc["robust_accuracy"],
                 "val_robust_ci95": list(wilson(k, n)),
+                "val_robust": wc["robust"],  # per image, same images for every trial: paired differences
                 "val_clean_accuracy_attacked": res["clean_accuracy"],
                 "per_attack": {
                     a: e["results"][eps_key(float(ev["eps"]))]["robust_accuracy"] for a, e in res["attacks"].items()

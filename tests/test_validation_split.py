@@ -109,6 +109,8 @@ def test_run_records_the_split_and_reports_validation_accuracy(train_tiny, tmp_p
     assert summary["val_split"] == want
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert 0.0 <= row["val_accuracy"] <= 1.0
+    # with a validation split, epochs are followed on it; the test split only gives the final number
+    assert row["test_accuracy"] is None and 0.0 <= summary["test_accuracy"] <= 1.0
     # the reported number really is the accuracy on those 30 images
     from tinyrobust.runs import load_run
 

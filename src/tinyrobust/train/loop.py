@@ -309,7 +309,8 @@ def _train_run(
         bar.close()
         train_time = time.time() - t0
         seen = max(1, sums["seen"])
-        test_acc = evaluate_accuracy(model, prep.test_x, prep.test_y)
+        # with a validation split the test split is touched only for the run's final number (summary)
+        test_acc = evaluate_accuracy(model, prep.test_x, prep.test_y) if val_x is None else None
         row = {
             "epoch": epoch + 1,
             "train_loss": sums["loss"] / seen,
@@ -356,8 +357,9 @@ def _train_run(
             rc = row.get("robust_check")
             rc = f" {rc['source']} PGD-{rc['steps']} robust acc {rc['robust_accuracy']:.3f}" if rc else ""
             print(
-                f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {row['train_loss']:.3f} "
-                f"{acc} test acc {test_acc:.4f}{rc} ({row['images_per_s']:.0f} img/s)",
+                f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}: loss {row['train_loss']:.3f} {acc} "
+                + (f"test acc {test_acc:.4f}" if test_acc is not None else f"val acc {row['val_accuracy']:.4f}")
+                + f"{rc} ({row['images_per_s']:.0f} img/s)",
                 file=sys.stderr,
             )
         if guard["stopped_at"] is not None:

@@ -205,6 +205,28 @@ def test_results_table_pairs_each_trial_with_its_twin_and_backfills_older_trials
     assert lo < 0.2 < hi and rows[twin.name]["robust_minus_twin"] is None
 
 
+def test_tables_only_rewrites_the_table_from_scored_trials_without_running_any(tmp_path, capsys, monkeypatch):
+    import json
+
+    import tinyrobust.sweep.engine as engine
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(tiny_sweep()))
+    spec = load_sweep(path)
+    out = tmp_path / "out"
+    code, _, err = run_cli(["sweep", "--config", path, "--out", out, "--tables-only"], capsys)
+    assert_one_line_error(code, err, "tinyrobust sweep")
+    assert "holds no trials" in err
+    done = out / "runs" / spec.trials[0].name
+    done.mkdir(parents=True)
+    (done / "sweep_trial.json").write_text(json.dumps({"status": "done", "val_clean_accuracy": 0.5}))
+    monkeypatch.setattr(engine, "run_sweep", lambda *a, **k: pytest.fail("--tables-only must not run trials"))
+    code, stdout, _ = run_cli(["sweep", "--config", path, "--out", out, "--tables-only"], capsys)
+    assert code == 0 and "1 of 2 trials scored" in stdout
+    rows = json.loads((out / "results.json").read_text())["trials"]
+    assert [r["status"] for r in rows] == ["done", "pending"] and rows[0]["val_clean_accuracy"] == 0.5
+
+
 # ------------------------------------------------------------------ running (in-process executor)
 
 

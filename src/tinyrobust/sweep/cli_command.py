@@ -25,12 +25,18 @@ def add_parser(sub) -> str:
     p.add_argument("--data-dir", help="where datasets live (default $TINYROBUST_DATA)")
     p.add_argument("--local", action="store_true", help="without Ray: run the trials one at a time in this process")
     p.add_argument("--dry-run", action="store_true", help="validate the sweep file and list its trials; train nothing")
+    p.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="rewrite results.csv/.md/.json from the trials scored so far (e.g. while another machine runs "
+        "the sweep); train and score nothing",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return "sweep"
 
 
 def run(args: argparse.Namespace) -> int:
-    from .engine import LocalExecutor, SweepError, check_trials, import_ray, run_sweep
+    from .engine import LocalExecutor, SweepError, check_trials, finished_results, import_ray, run_sweep, write_tables
     from .spec import load_sweep
 
     if args.local and args.address:
@@ -48,6 +54,13 @@ def run(args: argparse.Namespace) -> int:
         for t in spec.trials:
             print(f"{t.name}  " + ", ".join(f"{k}={v}" for k, v in t.values.items()))
         print(f"{len(spec.trials)} trials; out: {out}")
+        return 0
+    if args.tables_only:
+        if not (out / "runs").is_dir():
+            raise SweepError(f"{out} holds no trials of sweep {spec.name} (no {out / 'runs'} folder)")
+        results = finished_results(spec, out)
+        write_tables(spec, out, results)
+        print(f"sweep {spec.name}: {len(results)} of {len(spec.trials)} trials scored; table: {out / 'results.md'}")
         return 0
     if not args.local:
         import_ray()  # the install hint before any work

@@ -207,6 +207,16 @@ def check_trials(spec: SweepSpec, data_dir: Optional[str] = None) -> None:
             )
 
 
+def finished_results(spec: SweepSpec, out: Path) -> Dict[str, Dict[str, Any]]:
+    """The scored trials found under ``out`` (trial key -> its sweep_trial.json)."""
+    results = {}
+    for t in spec.trials:
+        r = read_result(Path(out) / "runs" / t.name)
+        if r and r.get("status") == "done":
+            results[t.key] = r
+    return results
+
+
 def run_sweep(
     spec: SweepSpec,
     out: Path,
@@ -225,14 +235,8 @@ def run_sweep(
     check_writable(out)
     with _sweep_lock(out):
         atomic_write_text(out / "sweep.yaml", yaml.safe_dump(spec.raw, sort_keys=False))
-        results: Dict[str, Dict[str, Any]] = {}
-        todo = []
-        for t in spec.trials:
-            r = read_result(out / "runs" / t.name)
-            if r and r.get("status") == "done":
-                results[t.key] = r
-            else:
-                todo.append(t)
+        results: Dict[str, Dict[str, Any]] = finished_results(spec, out)
+        todo = [t for t in spec.trials if t.key not in results]
         skipped = len(spec.trials) - len(todo)
         write_tables(spec, out, results)
         if todo:

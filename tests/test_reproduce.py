@@ -376,7 +376,10 @@ def test_reproduce_jobs_two_workers_share_the_grid(fake_cifar, tmp_path, capfd):
         assert json.loads((out / "attacks" / key / "robustness.json").read_text())["n"] == 12
     assert (out / "report.md").is_file()
     meta = json.loads((out / "reproduce.json").read_text())
-    assert any(k.startswith("train+attack+report(jobs=2)@") for k in meta["stage_seconds"])
+    assert any(k.startswith("train+attack(jobs=2)@") for k in meta["stage_seconds"])
+    before = dict(meta["stage_seconds"])
+    assert main(args + ["--stages", "report"]) == 0  # a report-only call records no stage seconds
+    assert json.loads((out / "reproduce.json").read_text())["stage_seconds"] == before
 
 
 def test_reproduce_bad_input(tmp_path, capsys):

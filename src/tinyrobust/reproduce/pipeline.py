@@ -389,9 +389,11 @@ def reproduce(
             train_stage(grid, budget, out, data_dir, progress, chosen)
         if "attack" in stages:
             attack_stage(grid, budget, out, data_dir, seed, progress, chosen)
-    if not os.environ.get(JOB_ENV):  # a worker of --jobs leaves the record to the process that started it
+    # a worker of --jobs leaves the record to the process that started it; a report-only call records
+    # nothing (its seconds would be taken before the report is written, and the report takes seconds)
+    if not os.environ.get(JOB_ENV) and work:
         meta.setdefault("stage_seconds", {})
-        key = "+".join(stages) + (f"(jobs={jobs})" if jobs > 1 and work else "")
+        key = "+".join(s for s in stages if s != "report") + (f"(jobs={jobs})" if jobs > 1 else "")
         meta["stage_seconds"][key + "@" + time.strftime("%Y-%m-%dT%H:%M:%S")] = round(time.time() - t0, 1)
         atomic_write_json(meta_path, portable_record(meta, data_dir))
     if "report" in stages:

@@ -104,10 +104,13 @@ def _grid(root: Path, grid_name: str | None):
     return load_grid(grid_path(grid_name))
 
 
+def _labeller(grid):
+    return grid.eps_label if grid is not None else (lambda e: f"{e:g}/255")
+
+
 def eps_labeller(root: Path, grid_name: str | None):
     """How the grid of these results writes one eps (``2/255`` or ``4 samples``)."""
-    grid = _grid(root, grid_name)
-    return grid.eps_label if grid is not None else (lambda e: f"{e:g}/255")
+    return _labeller(_grid(root, grid_name))
 
 
 def list_schedule(seconds: dict[str, float], workers: int) -> dict:
@@ -160,7 +163,7 @@ def main() -> None:
     out["list_schedule"] = list_schedule({k: m["attack_seconds"] for k, m in models.items()}, max(1, a.workers))
     out["list_schedule"]["all_finished"] = all(m["finished"] for m in models.values())
     (root / "attack_progress.json").write_text(json.dumps(out, indent=2) + "\n")
-    label = eps_labeller(root, a.grid)
+    label = _labeller(grid)
     md = [
         f"# Attack stage progress ({root.as_posix()})",
         "",

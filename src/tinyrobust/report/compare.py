@@ -204,20 +204,14 @@ def compare(models: Sequence[Dict[str, Any]], eps: Sequence[float]) -> Dict[str,
     proposed = next((m for m in models if m["role"] == "proposed"), None)
     if proposed is not None:
         for other in sorted((m for m in models if m is not proposed), key=lambda m: _ROLE_ORDER.get(m["role"], 9)):
-            # each pair on the images both were attacked on: subsets are nested, so the first n_pair
-            # images of either (500 for two 500-image models, 200 when one has 200)
-            n_pair = min(len(proposed["attacks"]["clean_correct"]), len(other["attacks"]["clean_correct"]))
             for e in eps:
-                a, _ = worst_case(proposed["attacks"], common, e, n_pair)
-                b, _ = worst_case(other["attacks"], common, e, n_pair)
                 deltas.append(
                     {
                         "proposed": proposed["key"],
                         "other": other["key"],
                         "role": other["role"],
                         "eps": ekey(e),
-                        "n": n_pair,
-                        **paired_difference(a, b),
+                        **paired_worst_case(proposed["attacks"], other["attacks"], common, e),
                     }
                 )
     return {
@@ -233,6 +227,15 @@ def compare(models: Sequence[Dict[str, Any]], eps: Sequence[float]) -> Dict[str,
 
 
 _ROLE_ORDER = {"reference": 0, "reference_quantized": 1, "ablation": 2, "float": 3, "variant": 4}
+
+
+def paired_worst_case(a_res: Dict[str, Any], b_res: Dict[str, Any], common: Sequence[str], e: float) -> Dict[str, Any]:
+    """Worst case of ``a`` minus ``b`` over ``common`` at ``e``, paired on the images both were attacked on:
+    subsets are nested, so the first n of either (500 for two 500-image models, 200 when one has 200)."""
+    n_pair = min(len(a_res["clean_correct"]), len(b_res["clean_correct"]))
+    a, _ = worst_case(a_res, common, e, n_pair)
+    b, _ = worst_case(b_res, common, e, n_pair)
+    return {"n": n_pair, **paired_difference(a, b)}
 
 
 def _mean_std(values: Sequence[float]) -> Dict[str, Any]:
@@ -279,13 +282,10 @@ def seed_summary(models: Sequence[Dict[str, Any]], eps: Sequence[float], common:
             if len(shared) < 2:
                 continue
             for e in eps:
-                per_seed = []
-                for sd in shared:
-                    a_res, b_res = mine[sd]["attacks"], theirs[sd]["attacks"]
-                    n_pair = min(len(a_res["clean_correct"]), len(b_res["clean_correct"]))
-                    a, _ = worst_case(a_res, common, e, n_pair)
-                    b, _ = worst_case(b_res, common, e, n_pair)
-                    per_seed.append({"seed": sd, "n": n_pair, **paired_difference(a, b)})
+                per_seed = [
+                    {"seed": sd, **paired_worst_case(mine[sd]["attacks"], theirs[sd]["attacks"], common, e)}
+                    for sd in shared
+                ]
                 out["deltas"].append(
                     {"other": g, "eps": ekey(e), **_mean_std([d["delta"] for d in per_seed]), "per_seed": per_seed}
                 )

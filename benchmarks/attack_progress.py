@@ -9,9 +9,10 @@ Attacks found in the parts but not in --order (e.g. a grid's other transfer surr
 eps are labelled as the grid labels them (k/255, or samples for the waveform grid): the grid named in
 <results>/reproduce.json, or --grid. Per model and in all: the summed attack seconds, with the masking
 probes where their part records their time (parts written before that count without them), and the
-models' seconds list-scheduled in grid order on --workers workers (a free ``reproduce --jobs`` worker takes
-the next model nobody holds): an estimate of the stage's wall time, derived from parts timed on cores
-shared with other processes, not a timed end-to-end run.
+stage's work units list-scheduled on --workers workers as ``reproduce --jobs`` shares them (one eps of one
+model at a time, in grid order, taken by the worker free first; then each model's masking probes): an
+estimate of the stage's wall time, derived from parts timed on cores shared with other processes, not a
+timed end-to-end run.
 Writes <results>/attack_progress.json and .md. Trains and attacks nothing.
 """
 
@@ -125,14 +126,28 @@ def list_schedule(seconds: dict[str, float], workers: int) -> dict:
     return {"workers": workers, "makespan_s": round(max(free, default=0.0), 1), "per_worker": runs}
 
 
+def work_units(models: dict) -> dict[str, float]:
+    """The attack stage's units as ``reproduce --jobs`` workers take them: every eps of every model (grid
+    order, eps ascending; its seconds = all attacks at that eps), then each model's masking probes (the
+    pass that writes robustness.json)."""
+    units: dict[str, float] = {}
+    for key, m in models.items():
+        per_eps: dict[float, float] = {}
+        for r in m["rows"]:
+            per_eps[r["eps"]] = per_eps.get(r["eps"], 0.0) + (r["seconds"] or 0.0)
+        units.update({f"{key} eps {e:g}": secs for e, secs in sorted(per_eps.items())})
+    units.update({f"{key} probes": m["masking_probe_seconds"] or 0.0 for key, m in models.items()})
+    return units
+
+
 def _schedule_line(sch: dict) -> str:
     h = sch["makespan_s"] / 3600
     what = "" if sch["all_finished"] else " (a lower bound: some models are not finished)"
-    runs = "; ".join(f"worker {i + 1}: {', '.join(r) or '-'}" for i, r in enumerate(sch["per_worker"]))
+    runs = "; ".join(f"worker {i + 1}: {len(r)} units" for i, r in enumerate(sch["per_worker"]))
     return (
-        f"List-scheduled in grid order on {sch['workers']} workers (`reproduce --jobs {sch['workers']}`): "
-        f"{sch['makespan_s']:.0f} s = {h:.2f} h{what}, derived from the parts' seconds, not timed end to end "
-        f"({runs})."
+        f"List-scheduled on {sch['workers']} workers as `reproduce --jobs {sch['workers']}` shares the stage (one "
+        f"eps of one model at a time, then each model's masking probes): {sch['makespan_s']:.0f} s = {h:.2f} h"
+        f"{what}, derived from the parts' seconds, not timed end to end ({runs})."
     )
 
 
@@ -160,7 +175,7 @@ def main() -> None:
         "models": models,
     }
     out["attack_seconds_total"] = round(sum(m["attack_seconds"] for m in models.values()), 1)
-    out["list_schedule"] = list_schedule({k: m["attack_seconds"] for k, m in models.items()}, max(1, a.workers))
+    out["list_schedule"] = list_schedule(work_units(models), max(1, a.workers))
     out["list_schedule"]["all_finished"] = all(m["finished"] for m in models.values())
     (root / "attack_progress.json").write_text(json.dumps(out, indent=2) + "\n")
     label = _labeller(grid)

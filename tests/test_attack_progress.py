@@ -48,3 +48,37 @@ def test_list_schedule_gives_each_model_to_the_first_free_worker():
     assert sch["per_worker"] == [["a"], ["b", "c", "d"]] and sch["makespan_s"] == 12.0
     assert ap.list_schedule({"a": 10.0, "b": 4.0}, 1)["makespan_s"] == 14.0
     assert ap.list_schedule({}, 2)["makespan_s"] == 0.0
+
+
+def test_work_units_are_one_eps_of_one_model_then_each_models_probes():
+    """The stage is scheduled as --jobs workers share it: per model and eps the seconds of every attack at
+    that eps, in grid order, then the masking probes; a costly model no longer sits on one worker."""
+    ap = _module()
+
+    def rows(*triples):
+        return [{"attack": a, "eps": e, "seconds": s} for a, e, s in triples]
+
+    models = {
+        "big": {
+            "rows": rows(("pgd", 1.0, 6.0), ("autoattack", 1.0, 30.0), ("pgd", 2.0, 4.0)),
+            "masking_probe_seconds": 2.0,
+        },
+        "small": {"rows": rows(("pgd", 1.0, 3.0), ("pgd", 2.0, None)), "masking_probe_seconds": None},
+    }
+    units = ap.work_units(models)
+    assert units == {
+        "big eps 1": 36.0,
+        "big eps 2": 4.0,
+        "small eps 1": 3.0,
+        "small eps 2": 0.0,
+        "big probes": 2.0,
+        "small probes": 0.0,
+    }
+    sch = ap.list_schedule(units, 2)
+    assert sch["makespan_s"] == 36.0 and sch["per_worker"][1] == [
+        "big eps 2",
+        "small eps 1",
+        "small eps 2",
+        "big probes",
+        "small probes",
+    ]

@@ -388,6 +388,47 @@ def test_a_killed_attack_keeps_the_eps_it_finished(model, data, tmp_path, monkey
     assert strip(again) == strip(full)
 
 
+def test_one_eps_calls_fill_the_parts_a_call_with_every_eps_reuses(model, data, tmp_path, monkeypatch):
+    """``reproduce --jobs`` attacks each eps of a model in its own call: those per-eps parts are keyed
+    without the call's eps list, so the call with every eps attacks nothing again and gives the same
+    results as one call from scratch; a part saved under the old key (eps list included) still counts."""
+    import json
+
+    kw = dict(params={"pgd": {"steps": 3}}, cascade=True, seed=3, **NO_PROBES)
+    whole = run_attacks(model, *data, ["fgsm", "pgd"], [2, 8], **kw)
+    real, calls = runner_mod._generate, []
+    monkeypatch.setattr(runner_mod, "_generate", lambda *a: calls.append((a[0].name, round(a[5] * 255))) or real(*a))
+    for e in (8, 2):  # the two units, in either order
+        run_attacks(model, *data, ["fgsm", "pgd"], [e], resume_dir=tmp_path, **kw)
+    assert sorted(calls) == [("fgsm", 2), ("fgsm", 8), ("pgd", 2), ("pgd", 8)]
+    calls.clear()
+    again = run_attacks(model, *data, ["fgsm", "pgd"], [2, 8], resume_dir=tmp_path, **kw)
+    assert calls == []
+
+    def strip(r):
+        return {
+            a: {k: {m: v for m, v in res.items() if m != "wall_time_s"} for k, res in e["results"].items()}
+            for a, e in r["attacks"].items()
+        }
+
+    assert strip(again) == strip(whole) and again["worst_case"] == whole["worst_case"]
+
+    # a part written before the key change (key with the eps list [2, 8]) is reused by the same call
+    (tmp_path / "pgd.json").unlink()  # the whole attack's record, so the per-eps parts are read
+    part = tmp_path / "pgd_at_eps8.json"
+    saved = json.loads(part.read_text())
+    key = json.loads(saved["key"])
+    saved["key"] = json.dumps({**key, "eps": [2.0, 8.0]}, sort_keys=True, default=str)
+    part.write_text(json.dumps(saved))
+    run_attacks(model, *data, ["fgsm", "pgd"], [2, 8], resume_dir=tmp_path, **kw)
+    assert calls == []
+    (tmp_path / "pgd.json").unlink()
+    saved["key"] = json.dumps({**key, "eps": [8.0]}, sort_keys=True, default=str)  # another call's list: stale
+    part.write_text(json.dumps(saved))
+    run_attacks(model, *data, ["fgsm", "pgd"], [2, 8], resume_dir=tmp_path, **kw)
+    assert calls == [("pgd", 8)]
+
+
 def test_square_inside_autoattack_counts_as_a_black_box_break(model, data):
     """A model whose gradients are useless (input rounding) survives the gradient attacks and falls to
     AutoAttack's Square stage: the per-image check must see that (stage letters in robustness.json)

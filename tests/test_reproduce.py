@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -565,6 +566,61 @@ def test_attack_stage_skips_a_model_another_worker_holds_and_logs_only_that(tmp_
     resnet_lines = [line for line in lines if line.startswith("attack") and " resnet" in line]
     assert len(resnet_lines) == 1 and "skipped" in resnet_lines[0] and "another tinyrobust process" in resnet_lines[0]
     assert "qnn_int4_jr: fgsm" in err
+
+
+def test_attack_stage_in_a_worker_takes_one_eps_of_one_model_at_a_time(tmp_path, monkeypatch, capsys):
+    """In a --jobs worker the units are (model, eps): each eps of each model is one parts-only call under
+    its own lock (a unit another worker holds is left to it), then each model's robustness.json is written
+    by a call with every eps, which waits until the other worker's unit of that model is done."""
+    import threading
+
+    import tinyrobust.attacks.evaluate as evaluate
+    from tinyrobust.attacks.runner import eps_key
+    from tinyrobust.reproduce.pipeline import JOB_ENV, attack_stage
+    from tinyrobust.rundir import LOCK_FILE, run_lock
+
+    grid = tiny_grid()
+    grid["onnx_attacks"] = []
+    g = load_grid(write_grid(tmp_path / "g", grid) / "cifar10.yaml")
+    assert len(g.eps) == 2
+    out = tmp_path / "out"
+    for key in ("qnn_int4_jr", "qnn_float", "resnet"):
+        (out / "runs" / key).mkdir(parents=True)
+        (out / "runs" / key / "model.safetensors").write_bytes(b"w")
+    calls, released = [], threading.Event()
+
+    def fake_attack_run(run_dir, attacks, eps, *, surrogate_runs=None, cascade=False, parts_only=False, **kw):
+        calls.append((Path(run_dir).name, list(eps), parts_only, released.is_set()))
+        return {}
+
+    monkeypatch.setattr(evaluate, "attack_run", fake_attack_run)
+    monkeypatch.setenv(JOB_ENV, "2")
+    e0, e1 = g.eps
+    unit = f"{LOCK_FILE}-eps{eps_key(e1)}"
+    held = threading.Event()
+
+    def other_worker():  # holds resnet's second eps for a moment
+        with run_lock(out / "attacks" / "resnet", name=unit):
+            held.set()
+            time.sleep(0.5)
+            released.set()
+
+    t = threading.Thread(target=other_worker)
+    t.start()
+    held.wait()
+    attack_stage(g, "quick", out, None, 0, progress=False)
+    t.join()
+    units = [c[:3] for c in calls if c[2]]
+    assert units == [
+        ("qnn_int4_jr", [e0], True),
+        ("qnn_int4_jr", [e1], True),
+        ("resnet", [e0], True),  # resnet at e1: the other worker's unit
+        ("qnn_float", [e0], True),
+        ("qnn_float", [e1], True),
+    ]
+    whole = [c for c in calls if not c[2]]
+    assert [c[:2] for c in whole] == [(k, [e0, e1]) for k in ("qnn_int4_jr", "resnet", "qnn_float")]
+    assert whole[1][3]  # resnet's file was written only after the other worker's unit was done
 
 
 def _shipped_grid_with_tiny_budget(dataset: str, folder: Path, attack_n: int = 8) -> Path:

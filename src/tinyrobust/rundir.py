@@ -65,15 +65,17 @@ def read_summary(run_dir: str | os.PathLike) -> Dict[str, Any]:
 
 
 @contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``run_dir`` so two processes never write the same run."""
+def run_lock(run_dir: Path, name: str = LOCK_FILE, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` so two processes never write the same run. ``name``: another
+    lock file in it (one part of the run, e.g. one eps of an attack stage); ``wait``: block until it is
+    free instead of raising :class:`RunLocked`."""
     import fcntl
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_FILE, "w") as fh:
+    with open(run_dir / name, "w") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             msg = f"{run_dir} is being written by another tinyrobust process; wait for it to finish"
             raise RunLocked(msg) from None

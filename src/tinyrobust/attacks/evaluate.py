@@ -128,6 +128,7 @@ def attack_run(
     cascade: bool = False,
     white_box_in_full: bool = True,
     domain: str = "feature",
+    parts_only: bool = False,
 ) -> dict:
     """Attack the model of ``run_dir``; ``attacks`` is a name list or a spec like ``"white,square"``.
 
@@ -148,7 +149,10 @@ def attack_run(
     wrapped the same way); eps is then in 1/255 of the 16-bit sample range (257 sample units).
 
     ``eot_samples=None`` uses 8 EOT samples for a model that is stochastic (declared or measured) and 1
-    otherwise. Writes ``robustness.json`` atomically into ``out`` (default: the run dir) and returns it."""
+    otherwise. Writes ``robustness.json`` atomically into ``out`` (default: the run dir) and returns it.
+    ``parts_only=True`` (a work unit of ``reproduce --jobs``: one eps of one model) only fills
+    ``robustness_parts/``: no masking probes, no ``robustness.json``; a later call with every eps reuses
+    the parts and writes the file."""
     from ..data import load_dataset
     from ..data.loader import nested_stratified_order, to_tensors
     from ..paths import data_dir as resolve_data_dir
@@ -244,8 +248,10 @@ def attack_run(
         progress=progress,
         resume_dir=Path(out if out is not None else run.run_dir)
         / ("robustness_parts" if onnx_path is None else "robustness_parts_onnx"),
-        masking_checks=onnx_path is None,
+        masking_checks=onnx_path is None and not parts_only,
     )
+    if parts_only:
+        return results
     results["notes"] += [f"{a} attack skipped: it needs a --surrogate run" for a in skipped]
     for a in skipped:
         results["skipped"].setdefault(a, "it needs a surrogate run (--surrogate), none was given")

@@ -470,7 +470,7 @@ def _run_one(
                     "eps_part": k,
                     "alive_at_eps_sha1": hashlib.sha1(np.packbits(alive[k]).tobytes()).hexdigest(),
                 }
-                saved = store.load(f"{name}@eps{k}", p, part_extra)
+                saved = store.load(f"{name}@eps{k}", p, part_extra, per_eps=True)
                 if saved is not None:
                     entry["results"][k], masks[k] = saved[0], saved[1]["mask"]
                     bar.update()
@@ -492,7 +492,7 @@ def _run_one(
                 extra["stages"] = "".join(per_image)
             record(k, attacked, broken_at, linf, l2, extra)
             if part_extra is not None:
-                parts[0].save(f"{name}@eps{k}", p, part_extra, entry["results"][k], {"mask": masks[k]})
+                parts[0].save(f"{name}@eps{k}", p, part_extra, entry["results"][k], {"mask": masks[k]}, per_eps=True)
             bar.update()
     else:
         bar.set_postfix_str(name)
@@ -584,29 +584,39 @@ class _ResumeStore:
             "model_sha256": model_sha256,
         }
 
-    def _key(self, params: dict, extra: dict) -> str:
-        return json.dumps({**self.base, "params": params, **extra}, sort_keys=True, default=str)
+    def _key(self, params: dict, extra: dict, per_eps: bool = False) -> str:
+        # a per-eps part depends on its own eps (in ``extra``) and survivors, not on the other eps of the
+        # call: without the eps list in its key, a call for one eps (a ``reproduce --jobs`` work unit) and
+        # the call for all of them share it
+        base = {k: v for k, v in self.base.items() if not (per_eps and k == "eps")}
+        return json.dumps({**base, "params": params, **extra}, sort_keys=True, default=str)
 
     def _file(self, name: str) -> Path:
         return self.folder / f"{name.replace('@', '_at_')}.json"
 
-    def load(self, name: str, params: dict, extra: dict):
+    def load(self, name: str, params: dict, extra: dict, per_eps: bool = False):
         if self.folder is None or not self._file(name).is_file():
             return None
         try:
             saved = json.loads(self._file(name).read_text())
         except (OSError, json.JSONDecodeError):
             return None  # unreadable: redo the attack
-        if saved.get("key") != self._key(params, extra):
+        # per-eps parts written before their key dropped the eps list still count for the same eps list
+        keys = {self._key(params, extra, per_eps)} | ({self._key(params, extra)} if per_eps else set())
+        if saved.get("key") not in keys:
             return None  # stale: other weights, images, survivors or parameters
         return saved["entry"], {k: np.asarray(v, dtype=bool) for k, v in saved["masks"].items()}
 
-    def save(self, name: str, params: dict, extra: dict, entry: dict, masks: dict) -> None:
+    def save(self, name: str, params: dict, extra: dict, entry: dict, masks: dict, per_eps: bool = False) -> None:
         if self.folder is None:
             return
         atomic_write_json(
             self._file(name),
-            {"key": self._key(params, extra), "entry": entry, "masks": {k: m.tolist() for k, m in masks.items()}},
+            {
+                "key": self._key(params, extra, per_eps),
+                "entry": entry,
+                "masks": {k: m.tolist() for k, m in masks.items()},
+            },
         )
 
 

@@ -19,7 +19,17 @@ from ..io_utils import atomic_write_json, check_writable
 from ..paths import portable_path, portable_record
 from ..report.grid import Grid, GridModel, load_grid
 from ..resources import configs_dir as configs_dir_of
-from ..rundir import CONFIG_FILE, ONNX_FILE, ONNX_VERIFY_FILE, ROBUSTNESS_ONNX_FILE, WEIGHTS_FILE, is_finished, run_lock
+from ..rundir import (
+    CONFIG_FILE,
+    LOCK_FILE,
+    ONNX_FILE,
+    ONNX_VERIFY_FILE,
+    ROBUSTNESS_FILE,
+    ROBUSTNESS_ONNX_FILE,
+    WEIGHTS_FILE,
+    is_finished,
+    run_lock,
+)
 from ..rundir import machine as rundir_machine
 
 STAGES = ("train", "attack", "report")
@@ -232,61 +242,120 @@ def attack_stage(
     Each model gets its own cascade order (:meth:`Grid.model_attacks`): transfers from every surrogate
     but itself, last. A model whose run is not finished yet, or whose surrogates are not trained yet,
     is skipped (run the stage again later), so no model is attacked with a smaller attack set than
-    the others. Finished attacks are reused (``robustness_parts/``, keyed by the weights' hash)."""
-    from ..attacks.evaluate import attack_run
+    the others. Finished attacks are reused (``robustness_parts/``, keyed by the weights' hash).
 
-    b = grid.budget(budget)
-    runs = grid.runs_root(out)
-    ready = [s for s in grid.surrogates if (runs / s / WEIGHTS_FILE).is_file()]
+    In a worker of ``--jobs`` the work units are (model, eps), not models: every eps of a model is
+    attacked on its own under its own lock (the cascade is per eps, so the parts are the same as one
+    call's), and a second pass writes each model's ``robustness.json`` (masking probes included) from
+    the parts. With whole models as units the two workers' shares of the waveform grid were 10,832 and
+    8,634 s (its costliest model is 3.6x its cheapest; ``benchmarks/attack_progress.py --workers``)."""
+    from ..attacks.runner import eps_key
+
     results = {}
     models = grid.models if models is None else models
-    cascade = grid.cascade(budget)
+    calls = []  # (position, model, attack_run keyword arguments) of the models ready to attack
     for i, m in enumerate(models, 1):
-        run_dir = runs / m.key
-        if not (run_dir / WEIGHTS_FILE).is_file():
-            _log(f"attack {i}/{len(models)} {m.key}: not trained yet, skipped")
-            continue
-        names = grid.model_attacks(budget, m.key)
-        waiting = [a.split("@", 1)[1] for a in names if a.startswith("transfer@") and a.split("@", 1)[1] not in ready]
-        if waiting:
-            _log(
-                f"attack {i}/{len(models)} {m.key}: waits for surrogate(s) {', '.join(waiting)} (not trained yet); "
-                f"run the attack stage again once they are"
-            )
-            continue
-        surrogate_runs = {s: runs / s for s in (a.split("@", 1)[1] for a in names if a.startswith("transfer@"))}
-        if (surrogate_runs or cascade) and not _attack_run_supports("surrogate_runs", "cascade"):
-            raise TinyRobustError(
-                "this tree's attack_run (attacks/evaluate.py) takes no surrogate_runs/cascade "
-                "arguments yet (issue 11, attack side): use a grid without transfer and cascade"
-            )
-        n = grid.attack_n(budget, m.key)
-        extra = {"surrogate_runs": surrogate_runs, "cascade": cascade} if (surrogate_runs or cascade) else {}
-        if grid.domain != "feature":
-            extra["domain"] = grid.domain
+        call = _attack_call(grid, budget, out, data_dir, seed, progress, m, f"attack {i}/{len(models)} {m.key}")
+        if call is not None:
+            calls.append((i, m, call))
+    in_worker = bool(os.environ.get(JOB_ENV)) and len(grid.eps) > 1
+    if in_worker:
+        for i, m, call in calls:
+            for e in grid.eps:
+                try:
+                    with run_lock(call["out"], name=f"{LOCK_FILE}-eps{eps_key(e)}"):
+                        _log(f"attack {i}/{len(models)} {m.key} at eps {e:g}: {', '.join(call['attacks'])}")
+                        _attack_run({**call, "eps": [e]}, parts_only=True)
+                except RunLocked:  # another worker attacks this model at this eps
+                    continue
+    for i, m, call in calls:
         try:
-            with run_lock(out / "attacks" / m.key):
+            with run_lock(call["out"]):
+                if in_worker and _report_fresh(call["out"], grid.eps):
+                    continue  # the other worker wrote it from the same parts
                 _log(  # once the lock is held: a model another worker holds is logged as skipped only
-                    f"attack {i}/{len(models)} {m.key}: {', '.join(names)} on {n} images"
-                    + (" (cascade: each attack on the survivors of the earlier ones)" if cascade else "")
+                    f"attack {i}/{len(models)} {m.key}: {', '.join(call['attacks'])} on {call['n']} images"
+                    + (" (cascade: each attack on the survivors of the earlier ones)" if call.get("cascade") else "")
                 )
-                results[m.key] = attack_run(
-                    run_dir,
-                    names,
-                    grid.eps,
-                    n=n,
-                    seed=seed,
-                    data_dir=data_dir,
-                    out=out / "attacks" / m.key,
-                    params=expand_params(b.get("attack_params"), names),
-                    progress=progress,
-                    **extra,
-                )
+                if in_worker:  # wait for a unit the other worker may still be attacking
+                    for e in grid.eps:
+                        with run_lock(call["out"], name=f"{LOCK_FILE}-eps{eps_key(e)}", wait=True):
+                            pass
+                results[m.key] = _attack_run(call)
                 if m.role == "proposed" and grid.onnx_attacks:  # the grid allows them in the feature domain only
                     results[m.key + "@onnx"] = onnx_attack(grid, budget, out, m.key, data_dir, seed, progress)
         except RunLocked as exc:  # another reproduce process is attacking it
             _log(f"attack {i}/{len(models)} {m.key}: skipped, {exc}")
     return results
+
+
+def _attack_run(call: Dict[str, Any], **kwargs) -> Dict[str, Any]:
+    from ..attacks.evaluate import attack_run
+
+    args = {k: v for k, v in call.items() if k != "attacks"}
+    return attack_run(args.pop("run_dir"), call["attacks"], args.pop("eps"), **args, **kwargs)
+
+
+def _report_fresh(folder: Path, eps: List[float]) -> bool:
+    """``robustness.json`` in ``folder`` covers ``eps`` and is newer than every resume part."""
+    path = Path(folder) / ROBUSTNESS_FILE
+    if not path.is_file():
+        return False
+    try:
+        have = json.loads(path.read_text()).get("eps") or []
+    except (OSError, json.JSONDecodeError):
+        return False
+    parts = [p.stat().st_mtime for p in (Path(folder) / "robustness_parts").glob("*.json")]
+    return sorted(have) == sorted(eps) and all(t <= path.stat().st_mtime for t in parts)
+
+
+def _attack_call(
+    grid: Grid,
+    budget: str,
+    out: Path,
+    data_dir: Optional[str],
+    seed: int,
+    progress: bool,
+    m: GridModel,
+    tag: str,
+) -> Optional[Dict[str, Any]]:
+    """``attack_run``'s arguments for one model of the grid; None (logged) if it cannot be attacked yet."""
+    runs = grid.runs_root(out)
+    run_dir = runs / m.key
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        _log(f"{tag}: not trained yet, skipped")
+        return None
+    names = grid.model_attacks(budget, m.key)
+    ready = [s for s in grid.surrogates if (runs / s / WEIGHTS_FILE).is_file()]
+    waiting = [a.split("@", 1)[1] for a in names if a.startswith("transfer@") and a.split("@", 1)[1] not in ready]
+    if waiting:
+        _log(
+            f"{tag}: waits for surrogate(s) {', '.join(waiting)} (not trained yet); "
+            "run the attack stage again once they are"
+        )
+        return None
+    surrogate_runs = {s: runs / s for s in (a.split("@", 1)[1] for a in names if a.startswith("transfer@"))}
+    if (surrogate_runs or grid.cascade(budget)) and not _attack_run_supports("surrogate_runs", "cascade"):
+        raise TinyRobustError(
+            "this tree's attack_run (attacks/evaluate.py) takes no surrogate_runs/cascade "
+            "arguments yet (issue 11, attack side): use a grid without transfer and cascade"
+        )
+    call: Dict[str, Any] = {
+        "run_dir": run_dir,
+        "attacks": names,
+        "eps": grid.eps,
+        "n": grid.attack_n(budget, m.key),
+        "seed": seed,
+        "data_dir": data_dir,
+        "out": out / "attacks" / m.key,
+        "params": expand_params(grid.budget(budget).get("attack_params"), names),
+        "progress": progress,
+    }
+    if surrogate_runs or grid.cascade(budget):
+        call.update(surrogate_runs=surrogate_runs, cascade=grid.cascade(budget))
+    if grid.domain != "feature":
+        call["domain"] = grid.domain
+    return call
 
 
 def onnx_attack(

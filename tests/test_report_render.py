@@ -333,3 +333,17 @@ def test_seed_tables_show_mean_std_and_each_seeds_paired_interval():
         (["grid entry", "seeds", "clean % mean +- std", "eps 2/255 %"], []),
         (["proposed minus", "eps 2/255 points"], []),
     )
+
+
+def test_grid_report_notes_are_printed_under_the_headline(tmp_path, no_footprint):
+    """A grid's report_notes (protocol facts the numbers do not show) appear under the headline table."""
+    import dataclasses
+
+    out, grid = fake_out(tmp_path)
+    grid = dataclasses.replace(grid, report_notes=["1 sample was dropped; the run before it flagged masking."])
+    md = render.write_report(grid, "quick", out).read_text()
+    head = md.split("## Headline", 1)[1].split("## Proposed model minus", 1)[0]
+    assert "Grid note: 1 sample was dropped; the run before it flagged masking." in head
+    (tmp_path / "plain").mkdir()
+    plain_out, plain_grid = fake_out(tmp_path / "plain")
+    assert "Grid note" not in render.write_report(plain_grid, "quick", plain_out).read_text()

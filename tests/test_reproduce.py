@@ -105,6 +105,8 @@ def test_shipped_grids_validate(name):
         ({"runs_dir": "/abs/runs"}, "runs_dir must be a folder relative to the output folder"),
         ({"extends": "nosuchgrid"}, "extends 'nosuchgrid', but .*nosuchgrid.yaml does not exist"),
         ({"extends": "cifar10"}, "extends 'cifar10' makes a cycle"),
+        ({"report_notes": "one note"}, "report_notes must be a list of sentences"),
+        ({"report_notes": ["ok", " "]}, "report_notes must be a list of sentences"),
     ],
 )
 def test_bad_grids_are_rejected_with_the_key(tmp_path, change, message):
@@ -130,8 +132,9 @@ def test_extends_merges_the_parent_grid_and_waveform_eps_are_in_samples(tmp_path
 
     wav = load_grid(REPO / "configs" / "reproduce" / "speech_commands_wav.yaml")
     assert wav.domain == "waveform" and wav.dataset == "speech_commands_logmel"
-    assert wav.eps[0] == pytest.approx(1 / 257) and wav.eps_label(wav.eps[-1]) == "8 samples"
-    assert wav.eps_label(wav.eps[0]) == "1 sample"
+    assert wav.eps[0] == pytest.approx(2 / 257) and wav.eps_label(wav.eps[-1]) == "8 samples"
+    assert wav.eps_label(wav.eps[0]) == "2 samples" and wav.eps_label(1 / 257) == "1 sample"
+    assert "1 sample was dropped" in wav.report_notes[0]
     assert wav.onnx_attacks == [] and len(wav.models) == 8  # the log-mel grid's models
     lm = load_grid(REPO / "configs" / "reproduce" / "speech_commands_logmel.yaml")
     assert [wav.run_config(m, "full") for m in wav.models] == [lm.run_config(m, "full") for m in lm.models]

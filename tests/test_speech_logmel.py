@@ -416,11 +416,12 @@ def test_waveform_grid_attacks_the_log_mel_runs_on_the_test_wavs(logmel, tmp_pat
     assert meta["domain"] == "waveform" and meta["dataset"] == "speech_commands_wav"
     assert meta["trained_on"] == "speech_commands_logmel" and "16-bit samples" in meta["threat_model"]
     assert list(res["attacks"]) == ["fgsm", "pgd", "apgd", "bpda", "autoattack", "square", "transfer@qnn_kws_float"]
-    assert sorted(res["attacks"]["fgsm"]["results"]) == sorted(f"{e / 257:g}" for e in (1, 2, 8))
+    assert sorted(res["attacks"]["fgsm"]["results"]) == sorted(f"{e / 257:g}" for e in (2, 4, 8))
     assert meta["subset"]["n"] == 6
     md = (out / "report.md").read_text()
-    assert "eps 1 sample % [95% CI]" in md and "eps 8 samples" in md and "16-bit samples" in md
-    assert "eps in dB below each attacked clip's peak" in md and "over the 6 clips: 1 sample: " in md
+    assert "eps 2 samples % [95% CI]" in md and "eps 8 samples" in md and "16-bit samples" in md
+    assert "eps in dB below each attacked clip's peak" in md and "over the 6 clips: 2 samples: " in md
+    assert "Grid note: 1 sample was dropped" in md
     assert "/work/" not in md and str(tmp_path) not in md
     # --runs-dir names the runs folder instead (kept relative to the output folder in what is written)
     out2 = tmp_path / "elsewhere"

@@ -29,6 +29,7 @@ TOP_KEYS = {
     "eps_unit",
     "runs_dir",
     "extends",
+    "report_notes",
 }
 DOMAINS = ("feature", "waveform")  # where the attacker acts (attacks/evaluate.py)
 # eps units a grid may state its budgets in: the attack code's 1/255 of the input range, or (waveform
@@ -70,6 +71,9 @@ class Grid:
     domain: str = "feature"  # "waveform": attack speech_commands_logmel runs through the log-mel front end
     eps_unit: str = "255ths"  # how the grid file states eps and the report labels it; self.eps is in 255ths
     runs_dir: str = "runs"  # where the trained runs live, relative to the output folder
+    # protocol facts the numbers alone do not show (e.g. an eps dropped and what it had found), printed
+    # under the report's headline
+    report_notes: List[str] = field(default_factory=list)
 
     def runs_root(self, out: Path) -> Path:
         """The folder holding one run folder per model key (``<out>/runs`` unless the grid reuses
@@ -325,6 +329,11 @@ def load_grid(path: str | Path) -> Grid:
         isinstance(pareto_runs, list) and all(isinstance(r, str) and r for r in pareto_runs),
         f"{path}: pareto_runs must be a list of run folders or glob patterns (relative to the output folder)",
     )
+    report_notes = raw.get("report_notes") or []
+    _require(
+        isinstance(report_notes, list) and all(isinstance(r, str) and r.strip() for r in report_notes),
+        f"{path}: report_notes must be a list of sentences",
+    )
     grid = Grid(
         path,
         raw["dataset"],
@@ -340,6 +349,7 @@ def load_grid(path: str | Path) -> Grid:
         domain,
         eps_unit,
         runs_dir,
+        [" ".join(r.split()) for r in report_notes],
     )
     for s in grid.surrogates:
         grid.model(s)

@@ -160,6 +160,7 @@ def collect(grid: Grid, out: Path, budget: Optional[str] = None) -> Dict[str, An
         "black": black,
         "models": models,
         "skipped_attacks": [a for a in grid.white + grid.black if a not in white + black],
+        "report_notes": list(grid.report_notes),
     }
     data["comparison"] = compare(models, grid.eps)
     return data
@@ -647,6 +648,7 @@ def _common_note(data: Dict[str, Any]) -> List[str]:
                 else "the common set has no black-box attack: their worst case is an upper bound only."
             )
         )
+    lines += [f"Grid note: {note}" for note in data.get("report_notes") or []]
     return lines
 
 

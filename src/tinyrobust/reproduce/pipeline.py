@@ -264,8 +264,12 @@ def attack_stage(
             for e in grid.eps:
                 try:
                     with run_lock(call["out"], name=f"{LOCK_FILE}-eps{eps_key(e)}"):
-                        _log(f"attack {i}/{len(models)} {m.key} at eps {e:g}: {', '.join(call['attacks'])}")
+                        unit = f"attack {i}/{len(models)} {m.key} at eps {grid.eps_label(e)}"
+                        _log(f"{unit}: {', '.join(call['attacks'])}")
+                        t0 = time.perf_counter()
                         _attack_run({**call, "eps": [e]}, parts_only=True)
+                        # a unit the other worker had finished takes seconds: its parts are reused
+                        _log(f"{unit}: done in {time.perf_counter() - t0:.0f} s")
                 except RunLocked:  # another worker attacks this model at this eps
                     continue
     for i, m, call in calls:

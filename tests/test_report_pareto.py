@@ -203,17 +203,17 @@ def test_extra_run_on_other_images_is_refused_with_a_reason(tmp_path, fake_kb):
 
 
 def test_pareto_eps_in_the_grids_unit():
-    """2/255 and 8/255 where the grid has them; the waveform grid gets 2 and 8 samples (its labels say which
+    """2/255 and 8/255 where the grid has them; the waveform grid gets 2 and 8 samples (its eps in samples say which
     eps those are), whether or not it also has 1 sample; a grid with neither: its smallest and largest eps."""
     from tinyrobust.report.compare import ekey
     from tinyrobust.report.pareto import eps_label, pareto_eps
 
     assert pareto_eps([1, 2, 4, 8]) == [2, 8] and pareto_eps([8]) == [8]
     samples = {k: k * 255 / 65535 for k in (1, 2, 4, 8)}
-    labels = {ekey(v): f"{k} sample{'s' if k > 1 else ''}" for k, v in samples.items()}
-    assert pareto_eps(list(samples.values()), labels) == [samples[2], samples[8]]
-    assert pareto_eps([samples[k] for k in (2, 4, 8)], labels) == [samples[2], samples[8]]
-    assert pareto_eps([samples[k] for k in (1, 4)], labels) == [samples[1], samples[4]]  # neither: the ends
+    in_unit = {ekey(v): float(k) for k, v in samples.items()}
+    assert pareto_eps(list(samples.values()), in_unit) == [samples[2], samples[8]]
+    assert pareto_eps([samples[k] for k in (2, 4, 8)], in_unit) == [samples[2], samples[8]]
+    assert pareto_eps([samples[k] for k in (1, 4)], in_unit) == [samples[1], samples[4]]  # neither: the ends
     assert pareto_eps([1, 4]) == [1, 4] and pareto_eps([]) == []
     assert eps_label({"labels": {"0.0077821": "2 samples"}}, "0.0077821") == "2 samples"
     assert eps_label({}, "2") == "2/255"

@@ -134,6 +134,7 @@ def test_extends_merges_the_parent_grid_and_waveform_eps_are_in_samples(tmp_path
     assert wav.domain == "waveform" and wav.dataset == "speech_commands_logmel"
     assert wav.eps[0] == pytest.approx(2 / 257) and wav.eps_label(wav.eps[-1]) == "8 samples"
     assert wav.eps_label(wav.eps[0]) == "2 samples" and wav.eps_label(1 / 257) == "1 sample"
+    assert [wav.eps_in_unit(e) for e in wav.eps] == [2.0, 4.0, 8.0] and g.eps_in_unit(2.0) == 2.0
     assert "1 sample was dropped" in wav.report_notes[0]
     assert wav.onnx_attacks == [] and len(wav.models) == 8  # the log-mel grid's models
     lm = load_grid(REPO / "configs" / "reproduce" / "speech_commands_logmel.yaml")

@@ -80,10 +80,14 @@ class Grid:
         another grid's runs, e.g. the waveform-domain grid attacks the log-mel grid's models)."""
         return Path(out) / self.runs_dir
 
+    def eps_in_unit(self, e: float) -> float:
+        """One eps (kept in 255ths) in the unit the grid file states it in: ``2`` for 2/255 or 2 samples."""
+        return float(f"{e * SAMPLES_PER_255TH:.4g}") if self.eps_unit == "samples" else e
+
     def eps_label(self, e: float) -> str:
         """How the report writes one eps: ``2/255``, or ``32 samples`` for a waveform grid in samples."""
         if self.eps_unit == "samples":
-            v = f"{e * SAMPLES_PER_255TH:.4g}"
+            v = f"{self.eps_in_unit(e):g}"
             return f"{v} sample{'' if v == '1' else 's'}"
         return f"{e:g}/255"
 

@@ -107,19 +107,12 @@ def _clean(summary: Optional[Dict[str, Any]], res: Optional[Dict[str, Any]]) -> 
     return {"robust_accuracy": None, "ci95": None, "n": 0, "k": 0, "source": "none"}
 
 
-def pareto_eps(eps: Sequence[float], labels: Optional[Dict[str, str]] = None) -> List[float]:
-    """2 and 8 in the grid's own unit where it has them: 2/255 and 8/255, or on the waveform grid (``labels``:
-    eps key -> ``"2 samples"``) 2 and 8 samples; otherwise the smallest and the largest eps."""
-    labels = labels or {}
-
-    def in_unit(e: float) -> float:
-        label = labels.get(ekey(e))
-        try:
-            return float(label.split("/")[0].split()[0]) if label else float(e)
-        except ValueError:
-            return float("nan")
-
-    chosen = [e for q in PARETO_EPS for e in eps if in_unit(e) == q]
+def pareto_eps(eps: Sequence[float], in_unit: Optional[Dict[str, float]] = None) -> List[float]:
+    """2 and 8 in the grid's own unit where it has them: 2/255 and 8/255, or on the waveform grid 2 and 8
+    samples (``in_unit``: eps key -> the eps in the grid's unit, ``Grid.eps_in_unit``); otherwise the
+    smallest and the largest eps."""
+    in_unit = in_unit or {}
+    chosen = [e for q in PARETO_EPS for e in eps if in_unit.get(ekey(e), e) == q]
     if chosen or not eps:
         return list(dict.fromkeys(chosen))
     ordered = sorted(eps)
@@ -191,7 +184,7 @@ def _rel(path: Path, base: Path) -> str:
 def collect_points(data: Dict[str, Any], out: Path, extra_runs: Sequence[Path] = ()) -> Dict[str, Any]:
     """Every point of the plots: the report's runs (``data`` from render.collect) and ``extra_runs``."""
     cmp = data["comparison"]
-    eps = pareto_eps(data["eps"], data.get("eps_labels"))
+    eps = pareto_eps(data["eps"], data.get("eps_in_unit"))
     common = cmp["common"]
     gradient_free = any(
         (m["attacks"]["attacks"].get(a) or {}).get("family", "white") in ("black", "ensemble")

@@ -154,6 +154,7 @@ def collect(grid: Grid, out: Path, budget: Optional[str] = None) -> Dict[str, An
         "dataset": grid.dataset,
         "eps": grid.eps,
         "eps_labels": {ekey(e): grid.eps_label(e) for e in grid.eps},
+        "eps_in_unit": {ekey(e): grid.eps_in_unit(e) for e in grid.eps},
         "domain": grid.domain,
         "runs_dir": grid.runs_dir,
         "white": white,

@@ -249,8 +249,6 @@ def attack_stage(
     call's), and a second pass writes each model's ``robustness.json`` (masking probes included) from
     the parts. With whole models as units the two workers' shares of the waveform grid were 10,832 and
     8,634 s (its costliest model is 3.6x its cheapest; ``benchmarks/attack_progress.py --workers``)."""
-    from ..attacks.runner import eps_key
-
     results = {}
     models = grid.models if models is None else models
     calls = []  # (position, model, attack_run keyword arguments) of the models ready to attack
@@ -263,7 +261,7 @@ def attack_stage(
         for i, m, call in calls:
             for e in grid.eps:
                 try:
-                    with run_lock(call["out"], name=f"{LOCK_FILE}-eps{eps_key(e)}"):
+                    with _unit_lock(call, e):
                         unit = f"attack {i}/{len(models)} {m.key} at eps {grid.eps_label(e)}"
                         _log(f"{unit}: {', '.join(call['attacks'])}")
                         t0 = time.perf_counter()
@@ -283,7 +281,7 @@ def attack_stage(
                 )
                 if in_worker:  # wait for a unit the other worker may still be attacking
                     for e in grid.eps:
-                        with run_lock(call["out"], name=f"{LOCK_FILE}-eps{eps_key(e)}", wait=True):
+                        with _unit_lock(call, e, wait=True):
                             pass
                 results[m.key] = _attack_run(call)
                 if m.role == "proposed" and grid.onnx_attacks:  # the grid allows them in the feature domain only
@@ -291,6 +289,13 @@ def attack_stage(
         except RunLocked as exc:  # another reproduce process is attacking it
             _log(f"attack {i}/{len(models)} {m.key}: skipped, {exc}")
     return results
+
+
+def _unit_lock(call: Dict[str, Any], e: float, wait: bool = False):
+    """The lock of one (model, eps) unit of the attack stage, beside the model's own lock."""
+    from ..attacks.runner import eps_key
+
+    return run_lock(call["out"], name=f"{LOCK_FILE}-eps{eps_key(e)}", wait=wait)
 
 
 def _attack_run(call: Dict[str, Any], **kwargs) -> Dict[str, Any]:
@@ -339,7 +344,8 @@ def _attack_call(
         )
         return None
     surrogate_runs = {s: runs / s for s in (a.split("@", 1)[1] for a in names if a.startswith("transfer@"))}
-    if (surrogate_runs or grid.cascade(budget)) and not _attack_run_supports("surrogate_runs", "cascade"):
+    cascade = grid.cascade(budget)
+    if (surrogate_runs or cascade) and not _attack_run_supports("surrogate_runs", "cascade"):
         raise TinyRobustError(
             "this tree's attack_run (attacks/evaluate.py) takes no surrogate_runs/cascade "
             "arguments yet (issue 11, attack side): use a grid without transfer and cascade"
@@ -355,8 +361,8 @@ def _attack_call(
         "params": expand_params(grid.budget(budget).get("attack_params"), names),
         "progress": progress,
     }
-    if surrogate_runs or grid.cascade(budget):
-        call.update(surrogate_runs=surrogate_runs, cascade=grid.cascade(budget))
+    if surrogate_runs or cascade:
+        call.update(surrogate_runs=surrogate_runs, cascade=cascade)
     if grid.domain != "feature":
         call["domain"] = grid.domain
     return call

@@ -116,6 +116,8 @@ def quant_bit_widths(path):
         ("int4", "int4", "qonnx"),
         ("ternary", "int3", "onnx"),
         ("ternary", "int3", "qonnx"),
+        ("ternary_stats", "int4", "onnx"),
+        ("ternary_stats", "int4", "qonnx"),
         ("stochastic_ternary", "int2", "onnx"),
         ("binary", "int4", "qonnx"),
         ("float", "float", "onnx"),
@@ -145,7 +147,7 @@ def test_export_matches_pytorch(tmp_path, weight, act, fmt):
         assert {(-wmax, wmax), (-127, 127), (0, amax)} <= clip_ranges(path)  # int8 first/last layers
     else:
         assert "Quant" in ops and "QuantizeLinear" not in ops
-        bits = {"int4": 4, "ternary": 2, "binary": None}[weight]
+        bits = {"int4": 4, "ternary": 2, "ternary_stats": 2, "binary": None}[weight]
         assert quant_bit_widths(path) >= {8, int(act[3:])} | ({bits} if bits else set())
         assert ("BipolarQuant" in ops) == (weight == "binary")
 
@@ -166,7 +168,7 @@ def test_binary_weights_cannot_be_qcdq(tmp_path):
         export_model(m, out, "onnx", SHAPE)
     assert not out.exists() and not list(tmp_path.iterdir())
     assert weight_support("binary", "onnx") is None and "BipolarQuant" in weight_support("binary", "qonnx")
-    for q in ("float", "int2", "int8", "ternary", "stochastic_ternary"):
+    for q in ("float", "int2", "int8", "ternary", "ternary_stats", "stochastic_ternary"):
         assert weight_support(q, "onnx") and weight_support(q, "qonnx")
 
 

@@ -19,7 +19,13 @@ from tinyrobust.errors import AttackError, ExportError
 from tinyrobust.models import MODELS, build_model, freeze
 
 GRAD_RTOL = 1e-5
-SHAPES = {"qnn": (3, 32, 32), "mlc_resnet8": (3, 32, 32), "mlc_dscnn": (1, 49, 10), "qnn_kws": (1, 49, 10)}
+SHAPES = {
+    "qnn": (3, 32, 32),
+    "qnn_wide": (3, 32, 32),
+    "mlc_resnet8": (3, 32, 32),
+    "mlc_dscnn": (1, 49, 10),
+    "qnn_kws": (1, 49, 10),
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # conftest: one torch thread
@@ -74,7 +80,14 @@ def test_every_registered_model_is_covered():
 @pytest.mark.parametrize("name", sorted(SHAPES))
 @pytest.mark.parametrize(
     "weight,act",
-    [("int4", "int4"), ("ternary", "int2"), ("binary", "int8"), ("stochastic_ternary", "float"), ("float", "int3")],
+    [
+        ("int4", "int4"),
+        ("ternary", "int2"),
+        ("ternary_stats", "int4"),
+        ("binary", "int8"),
+        ("stochastic_ternary", "float"),
+        ("float", "int3"),
+    ],
 )
 def test_models_match_brevitas(name, weight, act):
     model = make_model(name, weight, act)

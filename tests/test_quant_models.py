@@ -53,7 +53,7 @@ def test_int4_has_at_most_15_levels_per_channel():
         assert len(torch.unique(q.value[ch])) <= 15
 
 
-@pytest.mark.parametrize("name", ["ternary", "stochastic_ternary"])
+@pytest.mark.parametrize("name", ["ternary", "ternary_stats", "stochastic_ternary"])
 def test_ternary_is_minus_one_zero_one_times_mean_abs_scale(name):
     c = conv2d(16, 8, 3, weight=name).train()
     w = c.weight.detach()
@@ -63,7 +63,7 @@ def test_ternary_is_minus_one_zero_one_times_mean_abs_scale(name):
         assert set(torch.unique(q.value[ch] / q.scale[ch]).round().tolist()) <= {-1.0, 0.0, 1.0}
     assert torch.allclose(q.value, q.int().float() * q.scale)
     assert torch.allclose(q.scale.flatten(), w.abs().mean((1, 2, 3)), rtol=1e-5)  # TWN-style mean |w|
-    if name == "ternary":
+    if name != "stochastic_ternary":
         assert torch.equal(q.int() == 0, w.abs() < 0.5 * q.scale)  # threshold at half the scale
     assert weight_bits(name) == 2
 
@@ -116,8 +116,9 @@ def test_weight_gradients_pass_straight_through(name):
     # ternary learns its scale (LSQ style): weights beyond 1.5 scales are clamped and get none
     assert live.float().mean() >= (0.6 if "ternary" in name else 0.99)
     assert F.cosine_similarity(wg[live], float_grad[live], dim=0) > 0.95
-    if "ternary" in name:
+    if name in ("ternary", "stochastic_ternary"):  # learned scale: exactly the float gradient where live
         assert torch.allclose(wg[live], float_grad[live], atol=1e-5)
+    # ternary_stats and binary: their scale is mean |w|, so its gradient adds a per-channel multiple of sign(w)
 
 
 @pytest.mark.parametrize("name", [a for a in ACT_QUANTS if a != "float"])
@@ -258,6 +259,17 @@ def test_qnn_memory_against_float_resnet8():
     assert bt < 0.13 * rn_bytes  # about an eighth once per-channel scales and folded BN biases count
     assert 1.7 < m4.num_parameters() / rn.num_parameters() < 1.9  # "~1.8x its parameters"
     assert set(m4.jr_blocks()) == {f"block{i}" for i in range(1, 6)}
+
+
+def test_qnn_wide_is_qnn_at_five_quarters_width_and_fits_70_kb_with_ternary_weights():
+    q = QuantConfig(weight="ternary_stats", act="int4", first_weight="int8", last_weight="int8")
+    base, wide = build_model("qnn", **CIFAR, quant=q), build_model("qnn_wide", **CIFAR, quant=q)
+    assert wide(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    chans = [b.conv.out_channels for b in base.blocks.values()]
+    assert [b.conv.out_channels for b in wide.blocks.values()] == [c * 5 // 4 for c in chans]
+    assert 1.5 < wide.num_parameters() / base.num_parameters() < 1.6
+    kb = sum(r["weight_bytes"] for r in wide.layer_table((3, 32, 32))) / 1024
+    assert 55 < kb <= 70  # issue 13's target: at most 70 KB of weights, scales and folded BN counted
 
 
 def test_models_work_in_pixel_space():

@@ -15,7 +15,7 @@ def test_config_names_are_the_table_rows_in_order():
     assert ACT_QUANTS == [q.name for q in ACT_TABLE]
     # the names every config and test has used so far, unchanged
     ints = [f"int{b}" for b in range(2, 9)]
-    assert WEIGHT_QUANTS == ["float", *ints, "ternary", "stochastic_ternary", "binary"]
+    assert WEIGHT_QUANTS == ["float", *ints, "ternary", "ternary_stats", "stochastic_ternary", "binary"]
     assert ACT_QUANTS == ["float", *ints]
 
 

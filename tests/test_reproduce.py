@@ -69,13 +69,15 @@ def write_grid(folder: Path, grid: dict) -> Path:
 SHIPPED_GRIDS = ["cifar10", "svhn", "speech_commands", "speech_commands_logmel", "speech_commands_wav"]
 
 
-@pytest.mark.parametrize("name", [*SHIPPED_GRIDS, "cifar10_adversarial"])
+@pytest.mark.parametrize("name", [*SHIPPED_GRIDS, "cifar10_adversarial", "cifar10_jr"])
 def test_shipped_grids_validate(name):
     grid = load_grid(REPO / "configs" / "reproduce" / f"{name}.yaml")
     assert sum(m.role == "proposed" for m in grid.models) == 1
     for budget in ("quick", "full"):
+        epochs = grid.budgets[budget]["epochs"]
         for m in grid.models:
-            assert grid.run_config(m, budget).train.epochs == grid.budgets[budget]["epochs"]
+            want = epochs if isinstance(epochs, int) else epochs.get(m.group, epochs["default"])
+            assert grid.run_config(m, budget).train.epochs == want
 
 
 @pytest.mark.parametrize(
@@ -92,6 +94,10 @@ def test_shipped_grids_validate(name):
             "'resnett' is not a model key",
         ),
         ({"budgets": {"quick": {"epochs": 1, "attack_n": 0}}}, "attack_n must be an integer >= 1"),
+        ({"budgets": {"quick": {"epochs": 0}}}, "epochs must be an integer >= 1"),
+        ({"budgets": {"quick": {"attack_n": 3}}}, "epochs must be an integer >= 1"),
+        ({"budgets": {"quick": {"epochs": {"resnet": 3}}}}, "epochs: a mapping needs a default"),
+        ({"budgets": {"quick": {"epochs": {"default": 2, "resnett": 3}}}}, "epochs: 'resnett' is not a model key"),
         ({"budgets": {"quick": {"epochs": 1, "cascade": "yes"}}}, "cascade must be true or false"),
         ({"onnx_attacks": ["transfer"]}, "transfer is not supported"),
         ({"domain": "audio"}, "domain 'audio'; choose one of: feature, waveform"),
@@ -153,6 +159,9 @@ def test_seeds_expand_a_model_entry_into_variants_sharing_its_n(tmp_path):
     cfg, base = g.run_config(s2, "quick"), g.run_config(g.model("qnn_int4_jr"), "quick")
     assert cfg.seed == 2 and base.seed == 0 and cfg.jr == base.jr and cfg.model == base.model
     assert g.attack_n("quick", "qnn_int4_jr_s2") == 20 and g.attack_n("quick", "resnet") == 7
+    grid["budgets"]["quick"]["epochs"] = {"default": 2, "qnn_int4_jr": 5}  # per model, seeds share it
+    g = load_grid(write_grid(tmp_path / "g", grid) / "cifar10.yaml")
+    assert [g.run_config(m, "quick").train.epochs for m in g.models] == [5, 5, 5, 2, 2]
     for bad, msg in (([0], "other than the entry's own seed"), ([1, 1], "distinct"), (["a"], "integers")):
         grid["models"][0]["seeds"] = bad
         with pytest.raises(ConfigError, match=msg):

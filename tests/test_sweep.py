@@ -143,7 +143,7 @@ def test_shipped_sweep_file_is_valid():
     assert len(lams) >= 5 and lams[0] == pytest.approx(0.001) and lams[-1] == pytest.approx(0.1)
     modes = {t.values["jr_mode"] for t in spec.trials}
     assert modes == {"none", "whole", "per_layer", "both"}
-    assert {t.cfg.model.quant.weight for t in spec.trials} == {"int4", "ternary"}
+    assert {t.cfg.model.quant.weight for t in spec.trials} == {"int4", "ternary_stats"}
     assert all(t.cfg.data.val_size == 5000 for t in spec.trials)
     assert spec.choice["rule"] and spec.choice["max_clean_drop"] == 0.05
 

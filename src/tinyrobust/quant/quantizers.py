@@ -7,6 +7,8 @@ quantizer (see docs/quantization.md for the table):
   signed integer, per-output-channel float scale from the max |w| statistic.
 - ``ternary``: QKeras ``ternary()`` ~ 2-bit narrow integer {-1, 0, +1} times a per-channel scale
   learned from the mean |w| statistic (TWN-style threshold at half the scale).
+- ``ternary_stats``: the same grid with the scale recomputed from mean |w| every step (not learned),
+  as QKeras ``ternary(alpha="auto")`` computes it; the better-training ternary (docs/quantization.md).
 - ``stochastic_ternary``: QKeras ``stochastic_ternary()`` ~ the same grid, with stochastic rounding
   during training and deterministic rounding at inference (so attacks face a deterministic model).
 - ``binary``: QKeras ``binary(alpha=...)`` ~ Brevitas clamped binary {-1, +1} with a per-channel
@@ -45,6 +47,16 @@ class TernaryWeight(Int8WeightPerChannelFloat):
 class StochasticTernaryWeight(TernaryWeight):
     float_to_int_impl_type = FloatToIntImplType.STOCHASTIC_ROUND
     deterministic_inference = True
+
+
+class TernaryStatsWeight(TernaryWeight):
+    """Ternary whose per-channel scale is the mean |w| statistic recomputed every step, not a learned
+    parameter (as QKeras ``ternary(alpha="auto")`` and our binary). The learned scale of ``ternary``
+    gets the summed gradient of every weight in its channel (no LSQ gradient scaling) and weight decay,
+    and on the qnn it trained 8-15 points worse (docs/quantization.md, "ternary_stats")."""
+
+    scaling_impl_type = ScalingImplType.STATS
+    scaling_min_val = 1e-8
 
 
 class ScaledSignQuant(BinaryQuant):

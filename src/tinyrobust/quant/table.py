@@ -56,6 +56,7 @@ WEIGHT_TABLE: List[Quantizer] = [
         for b in BITS
     ],
     Quantizer("ternary", "weight", 2, _OURS + "TernaryWeight", onnx=_TERNARY_ONNX, qonnx=_TERNARY_QONNX),
+    Quantizer("ternary_stats", "weight", 2, _OURS + "TernaryStatsWeight", onnx=_TERNARY_ONNX, qonnx=_TERNARY_QONNX),
     Quantizer(
         "stochastic_ternary",
         "weight",

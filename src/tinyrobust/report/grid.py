@@ -102,7 +102,7 @@ class Grid:
         b = self.budget(budget)
         raw = _deep_merge(self.base, m.config)
         raw = _deep_merge(raw, {"name": m.key, "data": {"dataset": self.dataset}})
-        over = [f"train.epochs={b['epochs']}"]
+        over = [f"train.epochs={self.epochs(budget, m.key)}"]
         for k in ("train_subset", "test_subset"):
             if b.get(k):
                 over.append(f"data.{k}={b[k]}")
@@ -117,11 +117,20 @@ class Grid:
 
     def attack_n(self, budget: str, key: str) -> int:
         """Test images the model ``key`` is attacked on (``attack_n``: a number, or per model with ``default``)."""
-        n = self.budget(budget).get("attack_n", DEFAULT_ATTACK_N)
+        return self._per_model(budget, "attack_n", key, DEFAULT_ATTACK_N)
+
+    def epochs(self, budget: str, key: str) -> int:
+        """Training epochs of the model ``key`` (``epochs``: a number, or per model with ``default``)."""
+        return self._per_model(budget, "epochs", key, None)
+
+    def _per_model(self, budget: str, name: str, key: str, default) -> int:
+        """A budget value given as one number or as ``{default: N, <model key>: M, ...}``; the seeds of an
+        entry (``<key>_s1`` ...) share the entry's value."""
+        n = self.budget(budget).get(name, default)
         if not isinstance(n, dict):
             return int(n)
-        group = next((m.group for m in self.models if m.key == key and m.group), key)  # seeds share their n
-        return int(n.get(key, n.get(group, n.get("default", DEFAULT_ATTACK_N))))
+        group = next((m.group for m in self.models if m.key == key and m.group), key)
+        return int(n.get(key, n.get(group, n.get("default", default))))
 
     def cascade(self, budget: str) -> bool:
         return bool(self.budget(budget).get("cascade", False))
@@ -254,10 +263,7 @@ def load_grid(path: str | Path) -> Grid:
             raise ConfigError(
                 f"{path}: budgets.{name}: unknown key {sorted(bad)[0]!r}; allowed: {', '.join(sorted(BUDGET_KEYS))}"
             )
-        _require(
-            isinstance(b.get("epochs"), int) and b["epochs"] >= 1,
-            f"{path}: budgets.{name}.epochs must be an integer >= 1",
-        )
+        _require("epochs" in b, f"{path}: budgets.{name}.epochs must be an integer >= 1")
     models = []
     keys = set()
     for i, m in enumerate(raw["models"] or []):
@@ -302,21 +308,26 @@ def load_grid(path: str | Path) -> Grid:
         f"{path}: surrogates must be a list of distinct model keys",
     )
     for name, b in budgets.items():
-        n = b.get("attack_n", DEFAULT_ATTACK_N)
-        if isinstance(n, dict):
-            bad = sorted(set(n) - keys - {"default"})
+        for per_model in ("attack_n", "epochs"):
+            n = b.get(per_model, DEFAULT_ATTACK_N)
+            if isinstance(n, dict):
+                bad = sorted(set(n) - keys - {"default"})
+                _require(
+                    not bad,
+                    f"{path}: budgets.{name}.{per_model}: {bad[0] if bad else ''!r} is not a model key; "
+                    f"keys: {', '.join(m.key for m in models)} (or default)",
+                )
+                _require(
+                    per_model != "epochs" or "default" in n,
+                    f"{path}: budgets.{name}.epochs: a mapping needs a default (the epochs of every other model)",
+                )
+                vals = list(n.values())
+            else:
+                vals = [n]
             _require(
-                not bad,
-                f"{path}: budgets.{name}.attack_n: {bad[0] if bad else ''!r} is not a model key; "
-                f"keys: {', '.join(m.key for m in models)} (or default)",
+                all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in vals),
+                f"{path}: budgets.{name}.{per_model} must be an integer >= 1 or a mapping of model key to one",
             )
-            vals = list(n.values())
-        else:
-            vals = [n]
-        _require(
-            all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in vals),
-            f"{path}: budgets.{name}.attack_n must be an integer >= 1 or a mapping of model key to one",
-        )
         _require(isinstance(b.get("cascade", False), bool), f"{path}: budgets.{name}.cascade must be true or false")
     _require(sum(m.role == "proposed" for m in models) == 1, f"{path}: exactly one model must have role: proposed")
     _require(any(m.role == "reference" for m in models), f"{path}: at least one model must have role: reference")

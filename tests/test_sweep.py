@@ -148,6 +148,15 @@ def test_shipped_sweep_file_is_valid():
     assert spec.choice["rule"] and spec.choice["max_clean_drop"] == 0.05
 
 
+def test_shipped_adversarial_method_sweep_is_valid():
+    spec = load_sweep(Path(__file__).parents[1] / "configs/sweeps/adv_method_cifar10.yaml")
+    methods = {t.values["method"]: t.cfg.train.adversarial for t in spec.trials}
+    assert set(methods) == {"fgsm_rs", "pgd3", "trades3"}
+    assert methods["pgd3"].method == "pgd" and methods["pgd3"].steps == 3 and methods["trades3"].method == "trades"
+    assert all(t.cfg.model.name == "qnn_wide" and t.cfg.model.quant.weight == "ternary_stats" for t in spec.trials)
+    assert spec.evaluation["eps"] == 8 and spec.choice["twin"] == {"method": "fgsm_rs"}
+
+
 def test_choice_rule_respects_the_twin():
     raw = tiny_sweep(
         grid={"lambda": [0.01, 0.1], "jr_mode": {"none": {"jr.weight": 0.0}, "whole": {"jr.weight": "${lambda}"}}},

@@ -37,6 +37,9 @@ DOMAINS = ("feature", "waveform")  # where the attacker acts (attacks/evaluate.p
 EPS_UNITS = ("255ths", "samples")
 BUDGET_KEYS = {"epochs", "train_subset", "test_subset", "attack_n", "attack_params", "skip_attacks", "cascade"}
 DEFAULT_ATTACK_N = 500
+# budget values given as one number or per model (``{default: N, <model key>: M}``), with the value a budget
+# that omits them gets (None: required)
+PER_MODEL_DEFAULTS = {"attack_n": DEFAULT_ATTACK_N, "epochs": None}
 TRANSFER = "transfer"
 MODEL_KEYS = {"key", "label", "role", "config", "seeds"}
 
@@ -117,15 +120,16 @@ class Grid:
 
     def attack_n(self, budget: str, key: str) -> int:
         """Test images the model ``key`` is attacked on (``attack_n``: a number, or per model with ``default``)."""
-        return self._per_model(budget, "attack_n", key, DEFAULT_ATTACK_N)
+        return self._per_model(budget, "attack_n", key)
 
     def epochs(self, budget: str, key: str) -> int:
         """Training epochs of the model ``key`` (``epochs``: a number, or per model with ``default``)."""
-        return self._per_model(budget, "epochs", key, None)
+        return self._per_model(budget, "epochs", key)
 
-    def _per_model(self, budget: str, name: str, key: str, default) -> int:
+    def _per_model(self, budget: str, name: str, key: str) -> int:
         """A budget value given as one number or as ``{default: N, <model key>: M, ...}``; the seeds of an
         entry (``<key>_s1`` ...) share the entry's value."""
+        default = PER_MODEL_DEFAULTS[name]
         n = self.budget(budget).get(name, default)
         if not isinstance(n, dict):
             return int(n)
@@ -263,7 +267,6 @@ def load_grid(path: str | Path) -> Grid:
             raise ConfigError(
                 f"{path}: budgets.{name}: unknown key {sorted(bad)[0]!r}; allowed: {', '.join(sorted(BUDGET_KEYS))}"
             )
-        _require("epochs" in b, f"{path}: budgets.{name}.epochs must be an integer >= 1")
     models = []
     keys = set()
     for i, m in enumerate(raw["models"] or []):
@@ -308,8 +311,8 @@ def load_grid(path: str | Path) -> Grid:
         f"{path}: surrogates must be a list of distinct model keys",
     )
     for name, b in budgets.items():
-        for per_model in ("attack_n", "epochs"):
-            n = b.get(per_model, DEFAULT_ATTACK_N)
+        for per_model, default in PER_MODEL_DEFAULTS.items():
+            n = b.get(per_model, default)
             if isinstance(n, dict):
                 bad = sorted(set(n) - keys - {"default"})
                 _require(
@@ -318,8 +321,8 @@ def load_grid(path: str | Path) -> Grid:
                     f"keys: {', '.join(m.key for m in models)} (or default)",
                 )
                 _require(
-                    per_model != "epochs" or "default" in n,
-                    f"{path}: budgets.{name}.epochs: a mapping needs a default (the epochs of every other model)",
+                    default is not None or "default" in n,
+                    f"{path}: budgets.{name}.{per_model}: a mapping needs a default (the value of every other model)",
                 )
                 vals = list(n.values())
             else:

@@ -214,6 +214,65 @@ def test_results_table_pairs_each_trial_with_its_twin_and_backfills_older_trials
     assert lo < 0.2 < hi and rows[twin.name]["robust_minus_twin"] is None
 
 
+def test_tradeoff_lines_follow_lambda_and_mark_twin_floor_and_choice(tmp_path):
+    """The trade-off picture's data: one line per JR mode ordered by lambda, per weight quantizer; the twin
+    apart with the rule's floor; the chosen trial the rule picks; unscored trials left out."""
+    from tinyrobust.sweep.engine import write_tables
+    from tinyrobust.sweep.tradeoff import tradeoff_panels
+
+    raw = tiny_sweep(
+        grid={
+            "model.quant.weight": ["int4", "ternary_stats"],
+            "lambda": [0.1, 0.01],
+            "jr_mode": {
+                "none": {"jr.weight": 0.0},
+                "whole": {"jr.weight": "${lambda}"},
+                "per_layer": {"jr.weight": 0.0, "jr.layers": {"block1": "${lambda}"}},
+            },
+        },
+        choice={"rule": "r", "group_by": ["model.quant.weight"], "twin": {"jr_mode": "none"}, "max_clean_drop": 0.05},
+    )
+    spec = parse_sweep(raw)
+    by = {(t.values["model.quant.weight"], t.values["jr_mode"], t.values.get("lambda")): t for t in spec.trials}
+    score = {  # (clean, robust) for int4; ternary_stats has only its twin and one trial scored
+        ("int4", "none", None): (0.80, 0.20),
+        ("int4", "whole", 0.01): (0.77, 0.26),
+        ("int4", "whole", 0.1): (0.70, 0.40),
+        ("int4", "per_layer", 0.1): (0.79, 0.22),
+        ("int4", "per_layer", 0.01): (0.80, 0.21),
+        ("ternary_stats", "none", None): (0.70, 0.15),
+        ("ternary_stats", "whole", 0.1): (0.60, 0.30),
+    }
+    results = {
+        by[k].key: {
+            "status": "done",
+            "val_clean_accuracy": c,
+            "val_robust_accuracy": r,
+            "val_robust_ci95": [r - 0.03, r + 0.03],
+        }
+        for k, (c, r) in score.items()
+    }
+    panels = {p["group"]["model.quant.weight"]: p for p in tradeoff_panels(spec, results)}
+    int4, tern = panels["int4"], panels["ternary_stats"]
+    assert int4["twin"]["trial"] == by[("int4", "none", None)].name
+    assert int4["floor"] == pytest.approx(0.75)
+    assert set(int4["lines"]) == {"whole", "per_layer"}
+    assert [q["at"]["lambda"] for q in int4["lines"]["per_layer"]] == [0.01, 0.1]  # ordered by lambda, not grid
+    assert [q["clean"] for q in int4["lines"]["whole"]] == [0.77, 0.70]
+    assert int4["chosen"]["trial"] == by[("int4", "whole", 0.01)].name  # 0.40 is 10 points below the twin
+    assert tern["chosen"] is None and list(tern["lines"]) == ["whole"] and len(tern["lines"]["whole"]) == 1
+    write_tables(spec, tmp_path, results)
+    assert (tmp_path / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "tradeoff.png" in (tmp_path / "results.md").read_text()
+
+
+def test_no_tradeoff_picture_before_any_trial_is_scored(tmp_path):
+    from tinyrobust.sweep.engine import write_tables
+
+    write_tables(parse_sweep(tiny_sweep()), tmp_path, {})
+    assert not (tmp_path / "tradeoff.png").exists() and "tradeoff.png" not in (tmp_path / "results.md").read_text()
+
+
 def test_tables_only_rewrites_the_table_from_scored_trials_without_running_any(tmp_path, capsys, monkeypatch):
     import json
 

@@ -2,7 +2,7 @@
 
 Layout of ``--out DIR``: ``sweep.yaml`` (the sweep file as run), ``runs/<name>-<key>/`` (one normal run
 directory per trial, plus its ``sweep_trial.json``), ``results.csv`` / ``results.md`` /
-``results.json`` (rewritten after every finished trial). Rerunning the same command continues:
+``results.json`` and ``tradeoff.png`` (rewritten after every finished trial). Rerunning the same command continues:
 scored trials are skipped, trained ones are only scored, unfinished ones resume from their
 checkpoint, failed ones are tried again.
 """
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..config import config_to_dict
 from ..errors import TinyRobustError
-from ..io_utils import atomic_write_json, atomic_write_text, check_writable
+from ..io_utils import atomic_write, atomic_write_json, atomic_write_text, check_writable
 from .spec import SweepSpec, Trial
 from .trial import execute_trial, execute_trial_in_subprocess, read_result, record_failure
 
@@ -423,6 +423,17 @@ def write_tables(spec: SweepSpec, out: Path, results: Dict[str, Dict[str, Any]])
                 lines.append(f"- {g}: **{c['chosen']}** ({vals}; twin {c['twin'] or '-'}){state}")
             else:
                 lines.append(f"- {g}: {c['note']}{state}")
+    from .tradeoff import tradeoff_panels, tradeoff_png
+
+    png = tradeoff_png(tradeoff_panels(spec, results), ev)
+    if png is not None:
+        lines += ["", "Trade-off (clean against robust accuracy, twin, rule's floor, choice): `tradeoff.png`"]
+
+        def _write_png(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(png)
+
+        atomic_write(out / "tradeoff.png", _write_png)
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     atomic_write_json(
         out / "results.json",

@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
+
+from _common import machine as host
+from _common import recorded_command
 
 
 def main() -> None:
@@ -87,10 +89,9 @@ def main() -> None:
             }
         )
         print(f"epoch {epoch}: val as trained {100 * as_trained:.2f}%, re-estimated {100 * re:.2f}%", file=sys.stderr)
-    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": a.threads}
+    machine = host(a.threads)
     # the scratch folder (--work) changes no number and is a machine path: left out of the record
-    argv = [x for k, x in enumerate(sys.argv[1:]) if x != "--work" and (k == 0 or sys.argv[k] != "--work")]
-    cmd = ("python benchmarks/bn_reestimate_midtraining.py " + " ".join(argv)).strip()
+    cmd = recorded_command("bn_reestimate_midtraining.py")
     out = {"command": cmd, "machine": machine, "config": raw, "batches": a.batches, "val_images": len(vy), "rows": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".json").write_text(json.dumps(out, indent=2) + "\n")

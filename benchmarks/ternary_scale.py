@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
+
+from _common import machine as host
+from _common import recorded_command
 
 VARIANTS = [
     ("ternary", "ternary", False),
@@ -109,9 +111,8 @@ def main() -> None:
             }
         )
         print(f"{label}: val {100 * final:.2f}%", file=sys.stderr)
-    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": a.threads}
-    argv = [x for k, x in enumerate(sys.argv[1:]) if x != "--work" and (k == 0 or sys.argv[k] != "--work")]
-    cmd = ("python benchmarks/ternary_scale.py " + " ".join(argv)).strip()
+    machine = host(a.threads)
+    cmd = recorded_command("ternary_scale.py")
     out = {
         "command": cmd,
         "machine": machine,

@@ -167,6 +167,15 @@ class TrainConfig:
             "with the final weights (train/bn_reestimate.py); 0: off",
         ),
     )
+    dampen: float = field(
+        default=0.0,
+        metadata=_meta(
+            lo=0.0,
+            hi=1e6,
+            doc="oscillation dampening (Nagel et al. 2022; train/oscillation.py): final weight of "
+            "sum (q(w) - clip(w))^2 over the quantized weights, reached by a cosine ramp from 0; 0: off",
+        ),
+    )
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
 

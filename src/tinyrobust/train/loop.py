@@ -47,6 +47,7 @@ from ..rundir import (  # noqa: F401
 from .adversarial import adversarial_generator, robust_check, step_size_of, training_step
 from .checkpoint import load_checkpoint, quant_runtime_state, restore_quant_runtime_state, save_checkpoint
 from .jacobian import check_jr_layers
+from .oscillation import FlipCounter, dampen_weight_at, dampening_penalty
 
 
 def thread_env(threads: int) -> dict:
@@ -266,8 +267,9 @@ def _train_run(
             train_ds, cfg.train.batch_size, shuffle=True, augment=augment, seed=cfg.seed, epoch=epoch, drop_last=True
         )
         adv_gen = adversarial_generator(cfg.seed, epoch) if adv.method != "none" else None
-        sums = {"loss": 0.0, "ce": 0.0, "jr": 0.0, "correct": 0, "seen": 0, "robust": 0, "kl": 0.0}
+        sums = {"loss": 0.0, "ce": 0.0, "jr": 0.0, "correct": 0, "seen": 0, "robust": 0, "kl": 0.0, "dampen": 0.0}
         jr_parts: Dict[str, float] = {}
+        flips = FlipCounter(model)
         t0 = time.time()
         bar = tqdm(
             total=steps_per_epoch,
@@ -285,6 +287,10 @@ def _train_run(
                 model, x, y, adv=adv, jr=cfg.jr, label_smoothing=cfg.train.label_smoothing, generator=adv_gen
             )
             loss, ce, penalty, parts = out.loss, out.ce, out.penalty, out.parts
+            if cfg.train.dampen > 0:
+                dampen = dampening_penalty(flips.layers)
+                sums["dampen"] += dampen.item() * len(y)
+                loss = loss + dampen_weight_at(cfg.train.dampen, epoch * steps_per_epoch + i, total_steps) * dampen
             if not torch.isfinite(loss):
                 bar.close()
                 raise TrainingDiverged(
@@ -293,6 +299,7 @@ def _train_run(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            flips.step()
             n = len(y)
             sums["loss"] += loss.item() * n
             sums["ce"] += ce.item() * n
@@ -317,12 +324,15 @@ def _train_run(
             "train_ce": sums["ce"] / seen,
             "train_jr_penalty": sums["jr"] / seen,
             "jr_estimates": {k: v / seen for k, v in jr_parts.items()},
+            "weight_flip_rate": flips.rate(),
             "train_accuracy": sums["correct"] / seen,
             "test_accuracy": test_acc,
             "lr_end": opt.param_groups[0]["lr"],
             "epoch_time_s": train_time,
             "images_per_s": sums["seen"] / max(train_time, 1e-9),
         }
+        if cfg.train.dampen > 0:
+            row["train_dampen_penalty"] = sums["dampen"] / seen
         if val_x is not None:
             row["val_accuracy"] = evaluate_accuracy(model, val_x, val_y)
         if adv.method != "none":

@@ -139,8 +139,12 @@ def test_unreachable_address_is_one_line(fake_cifar, tmp_path, capsys):
 
 def test_shipped_sweep_file_is_valid():
     spec = load_sweep(Path(__file__).parents[1] / "configs/sweeps/jr_lambda_cifar10.yaml")
-    lams = sorted({t.values["lambda"] for t in spec.trials if "lambda" in t.values})
+    grid = [t for t in spec.trials if "lambda" in t.values and t.values["jr_mode"] != "per_layer"]
+    lams = sorted({t.values["lambda"] for t in grid})
     assert len(lams) >= 5 and lams[0] == pytest.approx(0.001) and lams[-1] == pytest.approx(0.1)
+    # per-layer JR's grid reaches further (the widening rule, docs/jacobian.md)
+    per_layer = sorted({t.values["lambda"] for t in spec.trials if t.values["jr_mode"] == "per_layer"})
+    assert per_layer[0] == pytest.approx(0.001) and per_layer[-1] >= 0.1
     modes = {t.values["jr_mode"] for t in spec.trials}
     assert modes == {"none", "whole", "per_layer", "both"}
     assert {t.cfg.model.quant.weight for t in spec.trials} == {"int4", "ternary_stats"}

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from _common import machine as host
-from _common import recorded_command
+from _common import recipe_sentence, recorded_command, sweep_recipe_config, write_result
 
 
 def main() -> None:
@@ -49,27 +49,7 @@ def main() -> None:
     for weight in a.weights.split(","):
         for dampen in (float(d) for d in a.dampen.split(",")):
             name = f"dampen_{weight}_{dampen:g}"
-            raw = {
-                "name": name,
-                "seed": 0,
-                "data": {"dataset": "cifar10", "val_size": a.val_size, "val_seed": 0, "train_subset": a.train_subset},
-                "model": {
-                    "name": "qnn",
-                    "quant": {"weight": weight, "act": "int4", "first_weight": "int8", "last_weight": "int8"},
-                },
-                "train": {
-                    "epochs": a.epochs,
-                    "batch_size": 128,
-                    "optimizer": "sgd",
-                    "lr": 0.05,
-                    "momentum": 0.9,
-                    "weight_decay": 0.0005,
-                    "schedule": "cosine",
-                    "warmup_epochs": 0.5,
-                    "threads": a.threads,
-                    "dampen": dampen,
-                },
-            }
+            raw = sweep_recipe_config(name, weight, a, dampen=dampen)
             summary = train_run(config_from_dict(raw), work / name, resume=True, progress=False)
             per_epoch = [json.loads(x) for x in (work / name / "metrics.jsonl").read_text().splitlines()]
             n = summary["val_split"]["size"]
@@ -97,16 +77,11 @@ def main() -> None:
         "val_images": a.val_size,
         "rows": rows,
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [
         "# Weight oscillation and oscillation dampening (ternary and binary qnn weights)",
         "",
         f"Command: `{cmd}`  ",
-        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs (shared with a running sweep), "
-        f"{a.threads} thread(s). qnn, 4-bit activations, 8-bit first/last layers, {a.epochs} epochs of the "
-        f"sweep's SGD recipe on {a.train_subset} training images, seed 0; accuracy on {a.val_size} validation "
-        "images held out of the training split (test split not used), Wilson 95% interval. Flip rate: share of "
+        recipe_sentence(machine, a) + " Flip rate: share of "
         "quantized weights (all quantized layers) whose integer level changes in an optimizer step, mean over "
         "the epoch. Dampening: final weight of the cosine-ramped loss (0: off).",
         "",
@@ -121,8 +96,7 @@ def main() -> None:
             f"| {r['weight']} | {r['dampen']:g} | {acc} | {flips} | "
             f"{100 * r['val_accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] |"
         )
-    Path(a.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(a.out, out, lines)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from _common import machine as host
-from _common import recorded_command
+from _common import recipe_sentence, recorded_command, sweep_recipe_config, write_result
 
 VARIANTS = [
     ("ternary", "ternary", False),
@@ -68,26 +68,7 @@ def main() -> None:
 
     rows = []
     for label, weight, exempt in VARIANTS:
-        raw = {
-            "name": f"ternary_scale_{weight}{'_nodecay' if exempt else ''}",
-            "seed": 0,
-            "data": {"dataset": "cifar10", "val_size": a.val_size, "val_seed": 0, "train_subset": a.train_subset},
-            "model": {
-                "name": "qnn",
-                "quant": {"weight": weight, "act": "int4", "first_weight": "int8", "last_weight": "int8"},
-            },
-            "train": {
-                "epochs": a.epochs,
-                "batch_size": 128,
-                "optimizer": "sgd",
-                "lr": 0.05,
-                "momentum": 0.9,
-                "weight_decay": 0.0005,
-                "schedule": "cosine",
-                "warmup_epochs": 0.5,
-                "threads": a.threads,
-            },
-        }
+        raw = sweep_recipe_config(f"ternary_scale_{weight}{'_nodecay' if exempt else ''}", weight, a)
         loop.make_optimizer = no_decay_on_scales if exempt else library_optimizer
         try:
             summary = loop.train_run(config_from_dict(raw), work / raw["name"], progress=False)
@@ -121,16 +102,11 @@ def main() -> None:
         "val_images": a.val_size,
         "rows": rows,
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [
         "# Ternary weights: learned scale against a mean |w| statistic",
         "",
         f"Command: `{cmd}`  ",
-        f"Machine: {machine['platform']}, {machine['cpu_count']} CPUs (shared with a running sweep), "
-        f"{a.threads} thread(s). qnn, 4-bit activations, 8-bit first/last layers, {a.epochs} epochs of the "
-        f"sweep's SGD recipe on {a.train_subset} training images, seed 0; accuracy on {a.val_size} validation "
-        "images held out of the training split (test split not used), Wilson 95% interval.",
+        recipe_sentence(machine, a),
         "",
         "| weights | val accuracy % by epoch | final val % [95% CI] |",
         "|---|---|---|",
@@ -141,8 +117,7 @@ def main() -> None:
         lines.append(
             f"| {r['variant']} | {by_epoch} | {100 * r['val_accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] |"
         )
-    Path(a.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(a.out, out, lines)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import TinyRobustError
-from ..io_utils import atomic_write, atomic_write_json, atomic_write_text, sha256_file
+from ..io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 from ..paths import portable_record, portable_text
 from ..rundir import ONNX_VERIFY_FILE, ROBUSTNESS_FILE, ROBUSTNESS_ONNX_FILE, SUMMARY_FILE, WEIGHTS_FILE
 from ..stats import format_ci
@@ -842,7 +842,7 @@ def write_report(
     pareto_pngs = pareto.plots(front)
     pngs.update(pareto_pngs)
     for name, blob in pngs.items():
-        atomic_write(out / name, lambda tmp, b=blob: Path(tmp).write_bytes(b))
+        atomic_write_bytes(out / name, blob)
     record = {
         "tables": {k: {"header": v[0], "rows": v[1]} for k, v in t.items()},
         "comparison": data["comparison"],

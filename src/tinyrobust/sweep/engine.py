@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..config import config_to_dict
 from ..errors import TinyRobustError
-from ..io_utils import atomic_write, atomic_write_json, atomic_write_text, check_writable
+from ..io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable
 from .spec import SweepSpec, Trial
 from .trial import execute_trial, execute_trial_in_subprocess, read_result, record_failure
 
@@ -425,15 +425,10 @@ def write_tables(spec: SweepSpec, out: Path, results: Dict[str, Dict[str, Any]])
                 lines.append(f"- {g}: {c['note']}{state}")
     from .tradeoff import tradeoff_panels, tradeoff_png
 
-    png = tradeoff_png(tradeoff_panels(spec, results), ev)
+    png = tradeoff_png(tradeoff_panels(spec, results, chosen), ev)
     if png is not None:
         lines += ["", "Trade-off (clean against robust accuracy, twin, rule's floor, choice): `tradeoff.png`"]
-
-        def _write_png(tmp: str) -> None:
-            with open(tmp, "wb") as fh:
-                fh.write(png)
-
-        atomic_write(out / "tradeoff.png", _write_png)
+        atomic_write_bytes(out / "tradeoff.png", png)
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     atomic_write_json(
         out / "results.json",

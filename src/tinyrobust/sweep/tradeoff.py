@@ -6,7 +6,6 @@ it shows how close the grid gets, and at what cost (issue 12)."""
 
 from __future__ import annotations
 
-import io
 from typing import Any, Dict, List, Optional
 
 from .spec import SweepSpec
@@ -28,15 +27,18 @@ def numeric_axes(spec: SweepSpec, exclude: List[str]) -> List[str]:
     return out
 
 
-def tradeoff_panels(spec: SweepSpec, results: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+def tradeoff_panels(
+    spec: SweepSpec, results: Dict[str, Dict[str, Any]], choice: Optional[List[Dict[str, Any]]] = None
+) -> List[Dict[str, Any]]:
     """Scored trials arranged for the plot: per group its twin, its clean floor, its chosen trial and its
-    lines (label -> points sorted by the numeric axes). Unscored and failed trials are left out."""
+    lines (label -> points sorted by the numeric axes). Unscored and failed trials are left out. ``choice``:
+    ``engine.choose(spec, results)`` when the caller has it already."""
     from .engine import _twin_key, choose
 
     ch = spec.choice or {}
     group_by = [str(k) for k in ch.get("group_by") or []]
     drop = ch.get("max_clean_drop")
-    chosen = {c["chosen"] for c in choose(spec, results) if c.get("chosen")}
+    chosen = {c["chosen"] for c in (choose(spec, results) if choice is None else choice) if c.get("chosen")}
     numeric = numeric_axes(spec, group_by)
     panels: Dict[tuple, Dict[str, Any]] = {}
     for t in spec.trials:
@@ -80,6 +82,8 @@ def tradeoff_png(panels: List[Dict[str, Any]], evaluation: Optional[Dict[str, An
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..report.render import _png
+
     ev = evaluation or {}
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False, sharey=True)
     for ax, p in zip(axes[0], panels):
@@ -111,7 +115,6 @@ def tradeoff_png(panels: List[Dict[str, Any]], evaluation: Optional[Dict[str, An
         fontsize=8,
     )
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    png = _png(fig)
     plt.close(fig)
-    return buf.getvalue()
+    return png

@@ -69,12 +69,12 @@ def iter_tar(
 ) -> Iterator[tuple[str, bytes]]:
     """Yield ``(member name, bytes)`` for the regular files that ``select`` accepts, in archive order,
     without extracting. All members are checked first, so a bad archive fails before any is used.
-    ``desc`` shows a progress bar on stderr."""
+    ``desc`` shows a progress bar on stderr when it is a terminal."""
     archive = Path(archive)
     try:
         with tarfile.open(archive, "r:*") as tf:
             wanted = [m for m in _checked_members(tf, archive) if m.isfile() and select(m.name)]
-            for m in tqdm(wanted, desc=desc, unit="member", file=sys.stderr, disable=desc is None):
+            for m in tqdm(wanted, desc=desc, unit="member", file=sys.stderr, disable=True if desc is None else None):
                 fh = tf.extractfile(m)
                 assert fh is not None  # regular files always have data
                 yield m.name, fh.read()

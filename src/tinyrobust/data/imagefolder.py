@@ -53,10 +53,13 @@ def read_image_folder(
     """Decode every image of ``split`` to RGB uint8: ``(x NHWC, y int64, classes)``.
 
     All images must have the same size (``image_size`` as (H, W) if given). ``desc`` shows a
-    progress bar on stderr: decoding CIFAR-10 takes several seconds."""
+    progress bar on stderr when it is a terminal (decoding CIFAR-10 takes several seconds; logs of
+    background runs stay free of it)."""
     items: list[tuple[str, str, str, np.ndarray]] = []  # (class, file name, where, image)
     if path.is_dir():
-        for f in tqdm(image_files(path, split), desc=desc, unit="img", file=sys.stderr, disable=desc is None):
+        for f in tqdm(
+            image_files(path, split), desc=desc, unit="img", file=sys.stderr, disable=True if desc is None else None
+        ):
             try:
                 data = f.read_bytes()
             except OSError as exc:

@@ -28,7 +28,6 @@ epoch boundary draws the same starts as one never interrupted.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -37,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..stats import wilson
 from .jacobian import frozen_statistics, training_forward
 
 
@@ -188,17 +188,6 @@ def training_step(
 # ---------------------------------------------------------------- the per-epoch guard
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k / n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / d
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def robust_check(
     model: nn.Module,
     x: torch.Tensor,
@@ -235,5 +224,5 @@ def robust_check(
         "steps": steps,
         "clean_accuracy": clean / max(1, n),
         "robust_accuracy": robust / max(1, n),
-        "robust_ci95": list(wilson_interval(robust, n)),
+        "robust_ci95": list(wilson(robust, n)) if n else [0.0, 1.0],
     }

@@ -446,3 +446,15 @@ def test_square_inside_autoattack_counts_as_a_black_box_break(model, data):
 
     res = run_attacks(model, *data, ["pgd", "autoattack"], [8], **kw)
     assert [c["passed"] for c in res["masking_checks"]["checks"]] == [True], res["masking_checks"]
+
+
+def test_autoattack_alone_still_checks_its_square_stage(model, data):
+    """`tinyrobust attack --attacks autoattack` alone: the check must run on AutoAttack's own stages (it
+    was skipped as "needs a white-box and a black-box attack" and a masked model passed)."""
+    params = {
+        "autoattack": {"steps": 5, "n_target_classes": 3, "square_queries": 300},
+        "masking": {"checks": "black_box_only_breaks"},
+    }
+    res = run_attacks(RoundedInput(model), *data, ["autoattack"], [8], params=params, progress=False)
+    assert "s" in res["attacks"]["autoattack"]["results"]["8"]["stages"]
+    assert [c["passed"] for c in res["masking_checks"]["checks"]] == [False], res["masking_checks"]

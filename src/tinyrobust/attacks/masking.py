@@ -208,8 +208,10 @@ def _black_only(results: dict, tol: float) -> dict:
     name = "black_box_only_breaks"
     clean = results.get("clean_correct")
     fams = {a: e["family"] for a, e in results["attacks"].items()}
+    # AutoAttack alone has both sides: its APGD/FAB stages are white-box, its Square stage black-box
+    has_white = "white" in fams.values() or "ensemble" in fams.values()
     has_black = "black" in fams.values() or "ensemble" in fams.values()
-    if clean is None or "white" not in fams.values() or not has_black:
+    if clean is None or not has_white or not has_black:
         return _result(name, None, "skipped: needs at least one white-box and one black-box attack")
     n = results["n"]
     limit = tol * n

@@ -222,7 +222,7 @@ def test_fgsm_run_logs_robust_metrics_and_keeps_the_best_robust_weights(train_ti
         train={
             "epochs": 2,
             "max_batches_per_epoch": 3,
-            "adversarial": {"method": "fgsm_rs", "eps": 8, "check_n": 20, "check_steps": 3},
+            "adversarial": {"method": "fgsm_rs", "eps": 8, "check_n": 20, "check_steps": 3, "keep": "best_robust"},
         },
     )
     rows = metrics(run_dir)
@@ -239,7 +239,12 @@ def test_fgsm_run_logs_robust_metrics_and_keeps_the_best_robust_weights(train_ti
     assert summary["epochs_trained"] == 2 and summary["stopped_early_at_epoch"] is None
     # model.safetensors (what eval/attack/export read) holds the best-robust epoch (train.adversarial.keep);
     # the last epoch's weights are kept beside it
-    assert summary["weights"] == {"kept": "best_robust", "epoch": best + 1}
+    assert summary["weights"]["kept"] == "best_robust" and summary["weights"]["epoch"] == best + 1
+    assert summary["weights"]["rule"] == "best_robust"
+    assert "robust_flags" not in rows[0]["robust_check"]  # per-image outcomes live in the checkpoint's guard
+    guard = load_checkpoint(run_dir / "checkpoint.pt")["guard"]
+    assert guard["last_flags"].count("1") == round(rows[-1]["robust_check"]["robust_accuracy"] * 20)
+    assert guard["best_flags"].count("1") == round(rows[best]["robust_check"]["robust_accuracy"] * 20)
     assert_same_weights_files(run_dir / "model_best_robust.safetensors", run_dir / "model.safetensors")
     from tinyrobust.runs import load_run
 
@@ -287,21 +292,30 @@ def test_without_a_validation_split_the_check_uses_training_images_and_says_so(t
     assert summary["robust_check"]["source"] == "train"
 
 
-def test_early_stop_on_catastrophic_overfitting(train_tiny, tmp_path, monkeypatch):
-    accs = iter([0.4, 0.5, 0.25, 0.6])  # epoch 3 falls 0.25 below the best: stop there
+def fake_checks(accs):
+    """A stand-in for the per-epoch PGD check returning these robust accuracies in turn (the first
+    round(acc * n) images robust)."""
+    accs = iter(accs)
 
     def fake_check(model, x, y, **kw):
-        acc = next(accs)
+        acc, n = next(accs), len(y)
+        k = round(acc * n)
         return {
-            "n": len(y),
+            "n": n,
             "eps": kw["eps"],
             "steps": kw["steps"],
             "clean_accuracy": 0.9,
             "robust_accuracy": acc,
             "robust_ci95": [acc, acc],
+            "robust_flags": "1" * k + "0" * (n - k),
         }
 
-    monkeypatch.setattr(loop, "robust_check", fake_check)
+    return fake_check
+
+
+def test_early_stop_on_catastrophic_overfitting(train_tiny, tmp_path, monkeypatch):
+    # epoch 3 falls 0.25 below the best: stop there
+    monkeypatch.setattr(loop, "robust_check", fake_checks([0.4, 0.5, 0.25, 0.6]))
     sections = dict(
         train={
             "epochs": 4,
@@ -315,8 +329,16 @@ def test_early_stop_on_catastrophic_overfitting(train_tiny, tmp_path, monkeypatc
     assert summary["stopped_early_at_epoch"] == 3 and summary["epochs_trained"] == 3
     assert summary["best_robust_epoch"] == 2 and summary["best_robust_check_accuracy"] == 0.5
     state = load_checkpoint(run_dir / "checkpoint.pt")
-    assert state["guard"] == {"best_robust": 0.5, "best_epoch": 2, "stopped_at": 3}
-    assert summary["weights"] == {"kept": "best_robust", "epoch": 2}
+    assert state["guard"] == {
+        "best_robust": 0.5,
+        "best_epoch": 2,
+        "stopped_at": 3,
+        "best_flags": "1" * 5 + "0" * 5,
+        "last_flags": "1" * 2 + "0" * 8,  # round(2.5)
+    }
+    # the default rule keeps the best check after an early stop, whatever the interval says
+    assert summary["weights"]["kept"] == "best_robust" and summary["weights"]["epoch"] == 2
+    assert summary["weights"]["rule"] == "best_if_significant" and "early stop" in summary["weights"]["reason"]
     # a run killed after the stop's checkpoint, before its summary, finishes without training more
     (run_dir / "summary.json").unlink()
     (run_dir / "model.safetensors").unlink()
@@ -382,20 +404,7 @@ def test_guard_check_leaves_the_model_as_it_was():
 
 
 def test_keep_last_leaves_the_last_epoch_in_model_safetensors(train_tiny, monkeypatch):
-    accs = iter([0.5, 0.1])
-
-    def fake_check(model, x, y, **kw):
-        acc = next(accs)
-        return {
-            "n": len(y),
-            "eps": kw["eps"],
-            "steps": kw["steps"],
-            "clean_accuracy": 0.9,
-            "robust_accuracy": acc,
-            "robust_ci95": [acc, acc],
-        }
-
-    monkeypatch.setattr(loop, "robust_check", fake_check)
+    monkeypatch.setattr(loop, "robust_check", fake_checks([0.5, 0.1]))
     run_dir, summary = train_tiny(
         train={
             "epochs": 2,
@@ -403,7 +412,8 @@ def test_keep_last_leaves_the_last_epoch_in_model_safetensors(train_tiny, monkey
             "adversarial": {"method": "pgd", "steps": 1, "check_n": 10, "early_stop_drop": None, "keep": "last"},
         }
     )
-    assert summary["weights"] == {"kept": "last", "epoch": 2} and summary["best_robust_epoch"] == 1
+    assert summary["weights"]["kept"] == "last" and summary["weights"]["epoch"] == 2
+    assert summary["best_robust_epoch"] == 1
     assert summary["stopped_early_at_epoch"] is None
     assert_same_weights_files(run_dir / "model_last.safetensors", run_dir / "model.safetensors")
     a, b = load_file(str(run_dir / "model_best_robust.safetensors")), load_file(str(run_dir / "model.safetensors"))

@@ -55,6 +55,23 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rekeep(args: argparse.Namespace) -> int:
+    from .train.keep import rekeep_run
+
+    for run in args.run:
+        r = rekeep_run(run, args.keep, data_dir=args.data_dir)
+        w, before = r["weights"], r["previous"]
+        redo = [k for k, v in r["check_reproduced"].items() if v["recorded"] is not None and v["now"] != v["recorded"]]
+        print(
+            f"{run}: rule {w['rule']}: epoch {w['epoch']} kept (was {before.get('epoch')}): {w['reason']}; "
+            f"test acc {r['test_accuracy']:.4f}"
+            + (f", val acc {r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else "")
+            + (f"; removed stale {', '.join(r['removed_stale'])}" if r["removed_stale"] else "")
+            + (f"; note: epoch {redo} check did not reproduce its recorded value" if redo else "")
+        )
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from .config import ACT_QUANTS, WEIGHT_QUANTS
     from .data import DATASETS
@@ -99,6 +116,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, Dict[str, Command]]:
     e.add_argument("--data-dir")
     e.add_argument("--json", action="store_true")
     handlers["eval"] = _eval
+
+    k = sub.add_parser(
+        "rekeep",
+        help="re-choose the kept epoch of finished adversarial runs (train.adversarial.keep) from their weight files",
+    )
+    k.add_argument("--run", required=True, nargs="+", help="run directories")
+    k.add_argument("--keep", help="best_if_significant, best_robust or last (default: the run's config)")
+    k.add_argument("--data-dir")
+    handlers["rekeep"] = _rekeep
 
     sub.add_parser("list", help="list registered models, datasets and quantizers")
     handlers["list"] = _models

@@ -89,6 +89,7 @@ class ModelConfig:
 
 
 ADV_METHODS = ["none", "fgsm_rs", "pgd", "trades"]
+KEEP_RULES = ["best_if_significant", "best_robust", "last"]  # train.adversarial.keep; applied in train/keep.py
 
 
 @dataclass
@@ -134,11 +135,12 @@ class AdversarialConfig:
         ),
     )
     keep: str = field(
-        default="best_robust",
+        default="best_if_significant",
         metadata=_meta(
-            choices=["best_robust", "last"],
-            doc="weights that model.safetensors holds at the end: the epoch with the best check (Rice et al. 2020's "
-            "early stopping) or the last epoch; both are kept as files",
+            choices=KEEP_RULES,
+            doc="weights that model.safetensors holds at the end: best_if_significant: the last epoch unless the "
+            "best check beats it with a paired 95% interval above 0 or the early stop fired; best_robust: the "
+            "best check (Rice et al. 2020); last; both ends are kept as files (train/keep.py)",
         ),
     )
 
@@ -329,6 +331,17 @@ def config_from_dict(d: Dict[str, Any]) -> RunConfig:
 
 def config_to_dict(cfg: Any) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def effective_config_dict(cfg: RunConfig) -> Dict[str, Any]:
+    """``config_to_dict`` without the settings that cannot change what a run trains: the rest of
+    ``train.adversarial`` when its method is ``none``. Two runs that differ only there are the same run
+    (e.g. a run saved before a default of that section changed)."""
+    d = config_to_dict(cfg)
+    adv = d["train"]["adversarial"]
+    if adv["method"] == "none":
+        d["train"]["adversarial"] = {"method": "none"}
+    return d
 
 
 def parse_set_item(

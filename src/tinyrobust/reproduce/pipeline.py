@@ -156,12 +156,12 @@ def check_run_matches(run_dir: Path, cfg, key: str) -> None:
     """A run folder already there must hold the grid's current config: reusing a run trained with
     other settings (say 5 epochs after the grid moved to 20) would put its numbers under the wrong
     label. Error naming what differs and how to go on."""
-    from ..config import config_to_dict, load_config
+    from ..config import effective_config_dict, load_config
 
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         return
-    diffs = config_drift(config_to_dict(load_config(path)), config_to_dict(cfg))
+    diffs = config_drift(effective_config_dict(load_config(path)), effective_config_dict(cfg))
     if diffs:
         shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
         raise TinyRobustError(

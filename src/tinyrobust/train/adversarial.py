@@ -200,11 +200,13 @@ def robust_check(
 ) -> Dict[str, Any]:
     """PGD-``steps`` (random start, step 2.5 eps / steps) against the model in eval mode, the way it
     is deployed and attacked later; eps in pixel units /255. Clean and robust accuracy with 95%
-    Wilson intervals. The model's train/eval mode is restored; no parameter gradient is touched."""
+    Wilson intervals, and the per-image outcomes ('1' robust) as ``robust_flags``. The model's
+    train/eval mode is restored; no parameter gradient is touched."""
     was = model.training
     model.eval()
     e, s = eps / 255.0, 2.5 * eps / steps / 255.0
     clean = robust = 0
+    flags = []
     try:
         for i in range(0, len(x), batch_size):
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]
@@ -215,6 +217,7 @@ def robust_check(
                 ok_adv = (model(x_adv).argmax(1) == yb) & ok
             clean += int(ok.sum())
             robust += int(ok_adv.sum())
+            flags += ok_adv.tolist()
     finally:
         model.train(was)
     n = len(y)
@@ -225,4 +228,5 @@ def robust_check(
         "clean_accuracy": clean / max(1, n),
         "robust_accuracy": robust / max(1, n),
         "robust_ci95": list(wilson(robust, n)) if n else [0.0, 1.0],
+        "robust_flags": "".join("1" if f else "0" for f in flags),  # per image, for paired comparisons
     }

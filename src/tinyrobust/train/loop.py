@@ -47,6 +47,7 @@ from ..rundir import (  # noqa: F401
 from .adversarial import adversarial_generator, robust_check, step_size_of, training_step
 from .checkpoint import load_checkpoint, quant_runtime_state, restore_quant_runtime_state, save_checkpoint
 from .jacobian import check_jr_layers
+from .keep import choose_kept
 from .oscillation import FlipCounter, dampen_weight_at, dampening_penalty
 
 
@@ -224,7 +225,13 @@ def _train_run(
     _remove_stale_temp_files(run_dir)
 
     start_epoch = 0
-    guard: Dict[str, Any] = {"best_robust": None, "best_epoch": None, "stopped_at": None}
+    guard: Dict[str, Any] = {
+        "best_robust": None,
+        "best_epoch": None,
+        "stopped_at": None,
+        "best_flags": None,  # per-image check outcomes of the best and the latest epoch (train/keep.py)
+        "last_flags": None,
+    }
     if resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
         try:
@@ -381,14 +388,14 @@ def _train_run(
             )
             break
 
-    kept = "last"
+    kept = None
     if check is not None:
         # both ends of an adversarial run stay on disk, as trained; model.safetensors (what eval, attack, export
-        # and the report read) holds the one train.adversarial.keep names
+        # and the report read) holds the one train.adversarial.keep chooses (train/keep.py)
         save_weights(run_dir / LAST_WEIGHTS_FILE, model)
-        if adv.keep == "best_robust" and guard["best_epoch"] is not None:
+        kept = choose_kept(adv.keep, guard, guard["stopped_at"] or cfg.train.epochs)
+        if kept["kept"] == "best_robust":
             load_weights(run_dir / BEST_ROBUST_WEIGHTS_FILE, model)
-            kept = "best_robust"
     if cfg.train.bn_reestimate_batches:  # final-weight BatchNorm statistics (train/bn_reestimate.py, helper G)
         from .bn_reestimate import reestimate_bn
 
@@ -430,11 +437,7 @@ def _train_run(
             summary["best_robust_epoch"] = guard["best_epoch"]
             summary["best_robust_check_accuracy"] = guard["best_robust"]
             summary["best_robust_weights"] = BEST_ROBUST_WEIGHTS_FILE
-            summary["weights"] = (
-                {"kept": "best_robust", "epoch": guard["best_epoch"]}
-                if kept == "best_robust"
-                else {"kept": "last", "epoch": summary["epochs_trained"]}
-            )
+            summary["weights"] = kept
     atomic_write_json(run_dir / SUMMARY_FILE, summary)
     return summary
 
@@ -464,12 +467,14 @@ def _guard_epoch(
         steps=adv.check_steps,
         gen=adversarial_generator(seed, epoch, stream=1),
     )
+    flags = result.pop("robust_flags")  # per image: in the checkpoint's guard, not in every metrics row
     result = {"source": check["source"], **result}
     if check["source"] == "train":
         result["note"] = "no validation split (data.val_size 0): a fixed subset of the training images"
     acc = result["robust_accuracy"]
+    guard["last_flags"] = flags
     if guard["best_robust"] is None or acc > guard["best_robust"]:
-        guard["best_robust"], guard["best_epoch"] = acc, epoch + 1
+        guard["best_robust"], guard["best_epoch"], guard["best_flags"] = acc, epoch + 1, flags
         save_weights(run_dir / BEST_ROBUST_WEIGHTS_FILE, model)
     elif adv.early_stop_drop is not None and guard["best_robust"] - acc >= adv.early_stop_drop:
         guard["stopped_at"] = epoch + 1

@@ -23,11 +23,6 @@ from ..errors import ConfigError, TinyRobustError
 from ..stats import paired_difference
 
 
-def flags_text(flags) -> str:
-    """Per-image robust outcomes as a '1'/'0' string (compact in the checkpoint)."""
-    return "".join("1" if bool(f) else "0" for f in flags)
-
-
 def choose_kept(rule: str, guard: Dict[str, Any], last_epoch: int) -> Dict[str, Any]:
     """``{kept: "best_robust"|"last", epoch, rule, reason[, best_minus_last]}`` for a run's guard state
     (``best_epoch``, ``stopped_at``, and the check outcomes ``best_flags`` / ``last_flags``)."""

@@ -1,12 +1,13 @@
 """Which epoch's weights an adversarial run keeps (``train.adversarial.keep``): the one owner of the rule.
 
 The per-epoch PGD check (train/loop.py) scores every epoch on the same few hundred validation images.
-Taking the epoch with the highest check (``best_robust``, Rice et al. 2020's early stopping) picks on
-noise when the epochs are close: in a 5-epoch screening run it kept epoch 2 (PGD-10 27.6%) over epoch
-5 (25.2%, inside the check's +-4-point interval on 500 images) though epoch 5 had 7 points more clean
-accuracy. ``best_if_significant`` (the default) keeps the last epoch unless the best one beats it on the
-same images with a paired 95% interval above 0 (the report's Newcombe interval, stats.py), or the
-catastrophic-overfitting guard stopped the run (the last epoch is then the collapsed one).
+Taking the epoch with the highest check (``best_robust``, Rice et al. 2020's early stopping) follows
+the check's noise when the epochs are close: in a 5-epoch screening run it kept epoch 2 (PGD-10 27.6%)
+over epoch 5 (25.2%; paired +2.4 [-0.7, +5.5] on 500 images) at 7 points less clean accuracy, so methods
+were compared at different points of their schedules. ``best_if_significant`` (the default) keeps the
+last epoch unless the best one beats it on the same images with a paired 95% interval above 0 (the
+report's Newcombe interval, stats.py), or the catastrophic-overfitting guard stopped the run (the last
+epoch is then the collapsed one). docs/training.md has what the rule cost in that run.
 
 ``rekeep_run`` applies a rule to a finished run after the fact, from its best-check and last-epoch
 weight files, re-running the two epochs' checks with the generators they used in training.

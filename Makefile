@@ -24,11 +24,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/tinyrobust reproduce --dataset cifar10 --budget quick --out results/cifar10-quick
 
+# two pytest workers (pytest-xdist): the suite is CPU-bound and single-threaded per test (TINYROBUST_THREADS=1)
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -177,6 +177,27 @@ def train_tiny(fake_cifar, one_thread, tmp_path):
     return train
 
 
+def fake_checks(accs):
+    """A stand-in for the adversarial loop's per-epoch PGD check (``train.loop.robust_check``) that
+    returns these robust accuracies in turn, the first round(acc * n) images robust."""
+    accs = iter(accs)
+
+    def fake_check(model, x, y, **kw):
+        acc, n = next(accs), len(y)
+        k = round(acc * n)
+        return {
+            "n": n,
+            "eps": kw["eps"],
+            "steps": kw["steps"],
+            "clean_accuracy": 0.9,
+            "robust_accuracy": acc,
+            "robust_ci95": [acc, acc],
+            "robust_flags": "1" * k + "0" * (n - k),
+        }
+
+    return fake_check
+
+
 class TinyConvNet(nn.Module):
     """A few-hundred-parameter conv net for JR tests (3x8x8 input, 4 classes); quantized with
     tinyrobust's own quantizers when ``weight``/``act`` are not "float". Exposes ``jr_blocks``."""

@@ -24,6 +24,7 @@ from conftest import (
     assert_one_line_error,
     assert_same_weights,
     deterministic,
+    fake_checks,
     metrics,
     run_cli,
     tiny_config_dict,
@@ -290,27 +291,6 @@ def test_without_a_validation_split_the_check_uses_training_images_and_says_so(t
     assert row["robust_check"]["source"] == "train" and "no validation split" in row["robust_check"]["note"]
     assert row["train_trades_kl"] >= 0 and 0 <= row["train_accuracy"] <= 1
     assert summary["robust_check"]["source"] == "train"
-
-
-def fake_checks(accs):
-    """A stand-in for the per-epoch PGD check returning these robust accuracies in turn (the first
-    round(acc * n) images robust)."""
-    accs = iter(accs)
-
-    def fake_check(model, x, y, **kw):
-        acc, n = next(accs), len(y)
-        k = round(acc * n)
-        return {
-            "n": n,
-            "eps": kw["eps"],
-            "steps": kw["steps"],
-            "clean_accuracy": 0.9,
-            "robust_accuracy": acc,
-            "robust_ci95": [acc, acc],
-            "robust_flags": "1" * k + "0" * (n - k),
-        }
-
-    return fake_check
 
 
 def test_early_stop_on_catastrophic_overfitting(train_tiny, tmp_path, monkeypatch):

@@ -15,6 +15,8 @@ from tinyrobust.errors import ConfigError, TinyRobustError
 from tinyrobust.train import loop
 from tinyrobust.train.keep import choose_kept, rekeep_run
 
+from conftest import fake_checks
+
 
 def flags(k: int, n: int, offset: int = 0) -> str:
     """n outcomes with k robust ones starting at ``offset`` (wrapping)."""
@@ -56,25 +58,6 @@ def test_early_stop_best_last_and_missing_outcomes():
     assert choose_kept("best_if_significant", {"best_epoch": None}, last_epoch=4)["kept"] == "last"
     with pytest.raises(ConfigError, match="keep: 'best' is not allowed; choose one of: best_if_significant"):
         choose_kept("best", guard(None, None), last_epoch=4)
-
-
-def fake_checks(accs):
-    accs = iter(accs)
-
-    def check(model, x, y, **kw):
-        acc, n = next(accs), len(y)
-        k = round(acc * n)
-        return {
-            "n": n,
-            "eps": kw["eps"],
-            "steps": kw["steps"],
-            "clean_accuracy": 0.9,
-            "robust_accuracy": acc,
-            "robust_ci95": [acc, acc],
-            "robust_flags": "1" * k + "0" * (n - k),
-        }
-
-    return check
 
 
 @pytest.mark.parametrize("accs, kept_epoch", [([0.6, 0.5], 2), ([1.0, 0.0], 1)])

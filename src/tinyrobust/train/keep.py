@@ -81,10 +81,8 @@ def rekeep_run(run_dir: str | Path, rule: Optional[str] = None, data_dir: Option
         load_weights,
         read_summary,
         run_lock,
-        save_weights,
     )
-    from .adversarial import adversarial_generator, robust_check
-    from .loop import _check_images, _threads, evaluate_accuracy, prepare
+    from .loop import _check_images, _threads, epoch_check, evaluate_accuracy, prepare, write_final_weights
 
     run_dir = Path(run_dir)
     summary = read_summary(run_dir)
@@ -121,31 +119,12 @@ def rekeep_run(run_dir: str | Path, rule: Optional[str] = None, data_dir: Option
             (last_epoch, run_dir / LAST_WEIGHTS_FILE, "last_flags"),
         ):
             load_weights(path, model)
-            res = robust_check(
-                model,
-                check["x"],
-                check["y"],
-                eps=adv.eps,
-                steps=adv.check_steps,
-                gen=adversarial_generator(cfg.seed, epoch - 1, stream=1),
-            )
+            res = epoch_check(model, check, adv, cfg.seed, epoch - 1)
             guard[key] = res["robust_flags"]
             reproduced[epoch] = {"recorded": recorded.get(epoch), "now": res["robust_accuracy"]}
         decision = choose_kept(rule, guard, last_epoch)
         load_weights(best_file if decision["kept"] == "best_robust" else run_dir / LAST_WEIGHTS_FILE, model)
-        if cfg.train.bn_reestimate_batches:
-            from .bn_reestimate import reestimate_bn
-
-            augment = prep.info.augment if cfg.train.augment is None else cfg.train.augment
-            reestimate_bn(
-                model,
-                prep.train_ds,
-                cfg.train.bn_reestimate_batches,
-                cfg.train.batch_size,
-                seed=cfg.seed,
-                augment=augment,
-            )
-        save_weights(run_dir / WEIGHTS_FILE, model)
+        write_final_weights(model, cfg, prep, run_dir)
         summary["weights"] = decision
         summary["test_accuracy"] = evaluate_accuracy(model, prep.test_x, prep.test_y)
         if prep.val_ds is not None:

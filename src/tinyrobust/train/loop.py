@@ -396,13 +396,7 @@ def _train_run(
         kept = choose_kept(adv.keep, guard, guard["stopped_at"] or cfg.train.epochs)
         if kept["kept"] == "best_robust":
             load_weights(run_dir / BEST_ROBUST_WEIGHTS_FILE, model)
-    if cfg.train.bn_reestimate_batches:  # final-weight BatchNorm statistics (train/bn_reestimate.py, helper G)
-        from .bn_reestimate import reestimate_bn
-
-        reestimate_bn(
-            model, train_ds, cfg.train.bn_reestimate_batches, cfg.train.batch_size, seed=cfg.seed, augment=augment
-        )
-    save_weights(run_dir / WEIGHTS_FILE, model)
+    write_final_weights(model, cfg, prep, run_dir)
     summary = {
         "name": cfg.name,
         "model": cfg.model.name,
@@ -453,13 +447,23 @@ def _check_images(cfg: RunConfig, prep: Prepared) -> Dict[str, Any]:
     return {"x": x, "y": y, "source": source}
 
 
-def _guard_epoch(
-    model, check: Dict[str, Any], adv, seed: int, epoch: int, guard: Dict[str, Any], run_dir: Path
-) -> Dict[str, Any]:
-    """The catastrophic-overfitting guard after one epoch: PGD check, keep the best-robust weights
-    (written before the checkpoint, so a kill in between redoes the epoch and rewrites the same
-    file), and mark an early stop when the check falls ``adv.early_stop_drop`` below its best."""
-    result = robust_check(
+def write_final_weights(model, cfg: RunConfig, prep: Prepared, run_dir: Path) -> None:
+    """``model.safetensors`` from the kept weights in ``model``: BatchNorm statistics re-estimated first
+    when the config asks (train/bn_reestimate.py); shared by the loop and ``rekeep`` (train/keep.py)."""
+    if cfg.train.bn_reestimate_batches:
+        from .bn_reestimate import reestimate_bn
+
+        augment = prep.info.augment if cfg.train.augment is None else cfg.train.augment
+        reestimate_bn(
+            model, prep.train_ds, cfg.train.bn_reestimate_batches, cfg.train.batch_size, seed=cfg.seed, augment=augment
+        )
+    save_weights(run_dir / WEIGHTS_FILE, model)
+
+
+def epoch_check(model, check: Dict[str, Any], adv, seed: int, epoch: int) -> Dict[str, Any]:
+    """The per-epoch PGD check after (0-based) ``epoch``, with that epoch's own generator: the one
+    definition, so ``rekeep`` (train/keep.py) re-runs exactly the check training recorded."""
+    return robust_check(
         model,
         check["x"],
         check["y"],
@@ -467,6 +471,15 @@ def _guard_epoch(
         steps=adv.check_steps,
         gen=adversarial_generator(seed, epoch, stream=1),
     )
+
+
+def _guard_epoch(
+    model, check: Dict[str, Any], adv, seed: int, epoch: int, guard: Dict[str, Any], run_dir: Path
+) -> Dict[str, Any]:
+    """The catastrophic-overfitting guard after one epoch: PGD check, keep the best-robust weights
+    (written before the checkpoint, so a kill in between redoes the epoch and rewrites the same
+    file), and mark an early stop when the check falls ``adv.early_stop_drop`` below its best."""
+    result = epoch_check(model, check, adv, seed, epoch)
     flags = result.pop("robust_flags")  # per image: in the checkpoint's guard, not in every metrics row
     result = {"source": check["source"], **result}
     if check["source"] == "train":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -450,6 +451,31 @@ def test_reproduce_models_option_picks_and_orders(tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "no model with key 'resnet9'; keys: qnn_int4_jr, resnet, qnn_float" in err
+
+
+def test_reproduce_json_keeps_the_seconds_another_process_recorded_meanwhile(tmp_path, monkeypatch):
+    """Two processes sharing a grid (``--models``) each record their stage seconds when they end, hours
+    after they began: the record is re-read when written, so neither drops the other's entry."""
+    import tinyrobust.train as train
+
+    folder = write_grid(tmp_path / "grids", tiny_grid())
+    out = tmp_path / "o"
+    meta_path = out / "reproduce.json"
+
+    def other_process_finishes(cfg, run_dir, **k):
+        # while this call trains, another process sharing the grid ends and writes its record
+        meta_path.write_text(json.dumps({"command": "other", "stage_seconds": {"train@other": 7.0}}))
+        return {}
+
+    monkeypatch.setattr(train, "train_run", other_process_finishes)
+    args = ["reproduce", "--dataset", "cifar10", "--out", str(out), "--grid-dir", str(folder), "--quiet"]
+    args += ["--stages", "train", "--models", "resnet"]
+    monkeypatch.setattr(sys, "argv", ["tinyrobust", *args])  # the command is recorded from sys.argv
+    assert main(args) == 0
+    meta = json.loads(meta_path.read_text())
+    assert meta["stage_seconds"]["train@other"] == 7.0
+    assert [k for k in meta["stage_seconds"] if k != "train@other"][0].startswith("train@")
+    assert meta["command"].endswith("--models resnet") and meta["dataset"] == "cifar10"
 
 
 def test_reproduce_missing_dataset_names_it(tmp_path, monkeypatch, capsys):

@@ -291,6 +291,17 @@ def attack_stage(
     return results
 
 
+def record_stage_seconds(meta_path: Path, record: Dict[str, Any], key: str, seconds: float) -> None:
+    """Add one stage's seconds to ``reproduce.json``, re-read under a lock: two processes sharing a grid
+    (``--models``) each finish hours after they started, and a record read at the start would drop the
+    other's entries."""
+    with run_lock(meta_path.parent, name=f"{LOCK_FILE}-reproduce-json", wait=True):
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta.update(record)
+        meta.setdefault("stage_seconds", {})[key + "@" + time.strftime("%Y-%m-%dT%H:%M:%S")] = seconds
+        atomic_write_json(meta_path, meta)
+
+
 def _unit_lock(call: Dict[str, Any], e: float, wait: bool = False):
     """The lock of one (model, eps) unit of the attack stage, beside the model's own lock."""
     from ..attacks.runner import eps_key
@@ -434,19 +445,16 @@ def reproduce(
         raise TinyRobustError(f"unknown stage {bad[0]!r}; choose from: {', '.join(STAGES)}")
     t0 = time.time()
     meta_path = out / "reproduce.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    meta.update(
-        {
-            "dataset": grid.dataset,
-            "budget": budget,
-            "grid": _grid_record(grid.path, data_dir),
-            "seed": seed,
-            "command": "tinyrobust reproduce " + " ".join(portable(a, data_dir) for a in sys.argv[2:])
-            if sys.argv[1:2] == ["reproduce"]
-            else None,
-            "machine": machine(),
-        }
-    )
+    record = {
+        "dataset": grid.dataset,
+        "budget": budget,
+        "grid": _grid_record(grid.path, data_dir),
+        "seed": seed,
+        "command": "tinyrobust reproduce " + " ".join(portable(a, data_dir) for a in sys.argv[2:])
+        if sys.argv[1:2] == ["reproduce"]
+        else None,
+        "machine": machine(),
+    }
     if not isinstance(jobs, int) or jobs < 1:
         raise TinyRobustError(f"--jobs must be a whole number >= 1, got {jobs!r}")
     work = [s for s in ("train", "attack") if s in stages]
@@ -471,10 +479,8 @@ def reproduce(
     # a worker of --jobs leaves the record to the process that started it; a report-only call records
     # nothing (its seconds would be taken before the report is written, and the report takes seconds)
     if not os.environ.get(JOB_ENV) and work:
-        meta.setdefault("stage_seconds", {})
         key = "+".join(s for s in stages if s != "report") + (f"(jobs={jobs})" if jobs > 1 else "")
-        meta["stage_seconds"][key + "@" + time.strftime("%Y-%m-%dT%H:%M:%S")] = round(time.time() - t0, 1)
-        atomic_write_json(meta_path, portable_record(meta, data_dir))
+        record_stage_seconds(meta_path, portable_record(record, data_dir), key, round(time.time() - t0, 1))
     if "report" in stages:
         from ..report.render import write_report
 

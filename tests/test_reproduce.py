@@ -275,6 +275,51 @@ def test_reproduce_end_to_end_then_resume(fake_cifar, tmp_path, capsys, monkeypa
     after = {k: v for k, v in json.loads((out / "report.json").read_text())["tables"].items() if k != "footprint"}
     assert before == after
 
+    # a fresh clone of committed results has robustness.json but no resume parts (not committed): the
+    # results that match their call are kept, nothing is attacked, masking-probed or exported again
+    import functools
+    import shutil
+
+    import tinyrobust.attacks.evaluate as evaluate
+
+    for parts in out.glob("attacks/*/robustness_parts*"):
+        shutil.rmtree(parts)
+    monkeypatch.setattr(evaluate, "attack_run", functools.wraps(evaluate.attack_run)(forbidden))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "robustness.json is up to date" in capsys.readouterr().err
+    again = {k: v for k, v in json.loads((out / "report.json").read_text())["tables"].items() if k != "footprint"}
+    assert again == before
+
+    # ... and a result is kept only for the very call that made it
+    from tinyrobust.attacks.evaluate import result_is_current
+
+    path = out / "attacks" / "resnet" / "robustness.json"
+    got = json.loads(path.read_text())
+    call = dict(
+        run_dir=out / "runs" / "resnet",
+        attacks=got["attack_order"],
+        eps=got["eps"],
+        n=got["n"],
+        seed=0,
+        cascade=bool(got["cascade"]),
+        surrogate_runs={"qnn_float": out / "runs" / "qnn_float"},
+        params={"pgd": {"steps": got["attacks"]["pgd"]["params"]["steps"]}},
+    )
+    assert result_is_current(path, **call)
+    for change in (
+        {"n": got["n"] + 1},
+        {"seed": 1},
+        {"eps": got["eps"][:1]},
+        {"attacks": got["attack_order"][::-1]},
+        {"params": {"pgd": {"steps": 999}}},
+        {"params": {"masking": {"many_steps": 999}}},
+        {"cascade": not got["cascade"]},
+        {"surrogate_runs": {"qnn_float": out / "runs" / "qnn_int4_jr"}},
+        {"run_dir": out / "runs" / "qnn_float"},
+    ):
+        assert not result_is_current(path, **{**call, **change}), change
+
     # the grid changed after training: the old runs are not reused under the new settings
     grid = tiny_grid()
     grid["budgets"]["quick"]["epochs"] = 3

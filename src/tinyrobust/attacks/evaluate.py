@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import importlib.metadata
+import json
 import os
 from pathlib import Path
 
@@ -291,6 +292,54 @@ def attack_run(
     results = {"schema": SCHEMA, "meta": meta, **results}
     atomic_write_json(path, results)
     return results
+
+
+def result_is_current(
+    path,
+    run_dir,
+    attacks: list,
+    eps: list,
+    n: int,
+    seed: int,
+    params: dict | None = None,
+    cascade: bool = False,
+    surrogate_runs: dict | None = None,
+    domain: str = "feature",
+    **_ignored,
+) -> bool:
+    """Whether the result file at ``path`` (``robustness.json`` or the ONNX one) is what ``attack_run`` with
+    these arguments would write: the same weights file (sha256), attacks in the same order, budgets,
+    images (n, seed), cascade, surrogate weights, domain and attack parameters. ``reproduce`` then keeps it
+    instead of attacking again, as on a fresh clone of committed results, whose resume parts are not
+    committed. Extra keyword arguments of an ``attack_run`` call (progress, out, data_dir) do not matter."""
+    try:
+        got = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(got, dict) or got.get("schema") != SCHEMA or got.get("skipped"):
+        return False
+    meta = got.get("meta") or {}
+    recorded = got.get("attacks") or {}
+    same = (
+        meta.get("model_sha256") == file_sha256(Path(run_dir) / WEIGHTS_FILE)
+        and got.get("attack_order") == list(attacks)
+        and sorted(float(e) for e in got.get("eps") or []) == sorted(float(e) for e in eps)
+        and got.get("n") == n
+        and got.get("seed") == seed
+        and bool(got.get("cascade")) == bool(cascade)
+        and meta.get("domain", "feature") == domain
+    )
+    for key, sdir in (surrogate_runs or {}).items():
+        if f"{TRANSFER_PREFIX}{key}" in attacks:
+            have = ((meta.get("surrogates") or {}).get(key) or {}).get("sha256")
+            same = same and have == file_sha256(Path(sdir) / WEIGHTS_FILE)
+    for name, wanted in (params or {}).items():
+        if name == "masking":
+            have = (got.get("masking_probes") or {}).get("config") or {}
+        else:
+            have = (recorded.get(name) or {}).get("params") or {}
+        same = same and all(have.get(k) == v for k, v in (wanted or {}).items())
+    return bool(same)
 
 
 def _version(package: str) -> str | None:

@@ -253,13 +253,15 @@ def attack_stage(
     models = grid.models if models is None else models
     calls = []  # (position, model, attack_run keyword arguments) of the models ready to attack
     for i, m in enumerate(models, 1):
-        call = _attack_call(grid, budget, out, data_dir, seed, progress, m, f"attack {i}/{len(models)} {m.key}")
-        if call is not None:
-            calls.append((i, m, call))
+        tag = f"attack {i}/{len(models)} {m.key}"
+        call = _attack_call(grid, budget, out, data_dir, seed, progress, m, tag)
+        if call is None:
+            continue
+        calls.append((i, m, call, _kept(call, ROBUSTNESS_FILE, tag)))
     in_worker = bool(os.environ.get(JOB_ENV)) and len(grid.eps) > 1
     if in_worker:
-        for i, m, call in calls:
-            for e in grid.eps:
+        for i, m, call, kept in calls:
+            for e in grid.eps if not kept else []:
                 try:
                     with _unit_lock(call, e):
                         unit = f"attack {i}/{len(models)} {m.key} at eps {grid.eps_label(e)}"
@@ -270,9 +272,14 @@ def attack_stage(
                         _log(f"{unit}: done in {time.perf_counter() - t0:.0f} s")
                 except RunLocked:  # another worker attacks this model at this eps
                     continue
-    for i, m, call in calls:
+    for i, m, call, kept in calls:
         try:
             with run_lock(call["out"]):
+                if kept:
+                    results[m.key] = json.loads((call["out"] / ROBUSTNESS_FILE).read_text())
+                    if m.role == "proposed" and grid.onnx_attacks:
+                        results[m.key + "@onnx"] = onnx_attack(grid, budget, out, m.key, data_dir, seed, progress)
+                    continue
                 if in_worker and _report_fresh(call["out"], grid.eps):
                     continue  # the other worker wrote it from the same parts
                 _log(  # once the lock is held: a model another worker holds is logged as skipped only
@@ -289,6 +296,18 @@ def attack_stage(
         except RunLocked as exc:  # another reproduce process is attacking it
             _log(f"attack {i}/{len(models)} {m.key}: skipped, {exc}")
     return results
+
+
+def _kept(call: Dict[str, Any], name: str, tag: str) -> bool:
+    """Whether the result file ``name`` of this call is already what the call would write (same weights,
+    attacks, eps, images and parameters: ``attacks.evaluate.result_is_current``); then it is kept (and
+    logged). Delete the file to attack again."""
+    from ..attacks.evaluate import result_is_current
+
+    if not result_is_current(call["out"] / name, **call):
+        return False
+    _log(f"{tag}: {name} is up to date (same weights, attacks, eps, images and parameters), kept")
+    return True
 
 
 def record_stage_seconds(meta_path: Path, record: Dict[str, Any], key: str, seconds: float) -> None:
@@ -391,6 +410,11 @@ def onnx_attack(
     n = grid.attack_n(budget, key)
     run_dir = grid.runs_root(out) / key
     onnx = run_dir / ONNX_FILE
+    onnx_params = {k: v for k, v in (b.get("attack_params") or {}).items() if k in grid.onnx_attacks}
+    current = {"run_dir": run_dir, "out": out / "attacks" / key, "attacks": list(grid.onnx_attacks)}
+    current.update(eps=grid.eps, n=n, seed=seed, params=onnx_params)
+    if onnx.is_file() and _kept(current, ROBUSTNESS_ONNX_FILE, f"attack the exported {onnx.name} of {key}"):
+        return json.loads((out / "attacks" / key / ROBUSTNESS_ONNX_FILE).read_text())
     if not (onnx.is_file() and (run_dir / ONNX_VERIFY_FILE).is_file()):
         _log(f"export {key} to ONNX (verified on the test set)")
         export_run(run_dir, "onnx", onnx, n=min(1000, n * 5), data_dir=data_dir, seed=seed)
@@ -404,7 +428,7 @@ def onnx_attack(
         data_dir=data_dir,
         out=out / "attacks" / key,
         progress=progress,
-        params={k: v for k, v in (b.get("attack_params") or {}).items() if k in grid.onnx_attacks},
+        params=onnx_params,
         onnx_path=onnx,
         out_name=ROBUSTNESS_ONNX_FILE,
     )

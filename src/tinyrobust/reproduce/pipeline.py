@@ -277,20 +277,22 @@ def attack_stage(
             with run_lock(call["out"]):
                 if kept:
                     results[m.key] = json.loads((call["out"] / ROBUSTNESS_FILE).read_text())
-                    if m.role == "proposed" and grid.onnx_attacks:
-                        results[m.key + "@onnx"] = onnx_attack(grid, budget, out, m.key, data_dir, seed, progress)
-                    continue
-                if in_worker and _report_fresh(call["out"], grid.eps):
+                elif in_worker and _report_fresh(call["out"], grid.eps):
                     continue  # the other worker wrote it from the same parts
-                _log(  # once the lock is held: a model another worker holds is logged as skipped only
-                    f"attack {i}/{len(models)} {m.key}: {', '.join(call['attacks'])} on {call['n']} images"
-                    + (" (cascade: each attack on the survivors of the earlier ones)" if call.get("cascade") else "")
-                )
-                if in_worker:  # wait for a unit the other worker may still be attacking
-                    for e in grid.eps:
-                        with _unit_lock(call, e, wait=True):
-                            pass
-                results[m.key] = _attack_run(call)
+                else:
+                    _log(  # once the lock is held: a model another worker holds is logged as skipped only
+                        f"attack {i}/{len(models)} {m.key}: {', '.join(call['attacks'])} on {call['n']} images"
+                        + (
+                            " (cascade: each attack on the survivors of the earlier ones)"
+                            if call.get("cascade")
+                            else ""
+                        )
+                    )
+                    if in_worker:  # wait for a unit the other worker may still be attacking
+                        for e in grid.eps:
+                            with _unit_lock(call, e, wait=True):
+                                pass
+                    results[m.key] = _attack_run(call)
                 if m.role == "proposed" and grid.onnx_attacks:  # the grid allows them in the feature domain only
                     results[m.key + "@onnx"] = onnx_attack(grid, budget, out, m.key, data_dir, seed, progress)
         except RunLocked as exc:  # another reproduce process is attacking it
@@ -403,35 +405,30 @@ def onnx_attack(
 ) -> Dict[str, Any]:
     """Export a model to ONNX (verified against PyTorch) and attack the exported file black-box,
     so the report can say whether robustness carries over to the artifact a device runs."""
-    from ..attacks.evaluate import attack_run
     from ..export.onnx_export import export_run
 
     b = grid.budget(budget)
     n = grid.attack_n(budget, key)
     run_dir = grid.runs_root(out) / key
     onnx = run_dir / ONNX_FILE
-    onnx_params = {k: v for k, v in (b.get("attack_params") or {}).items() if k in grid.onnx_attacks}
-    current = {"run_dir": run_dir, "out": out / "attacks" / key, "attacks": list(grid.onnx_attacks)}
-    current.update(eps=grid.eps, n=n, seed=seed, params=onnx_params)
-    if onnx.is_file() and _kept(current, ROBUSTNESS_ONNX_FILE, f"attack the exported {onnx.name} of {key}"):
-        return json.loads((out / "attacks" / key / ROBUSTNESS_ONNX_FILE).read_text())
+    call = {
+        "run_dir": run_dir,
+        "attacks": list(grid.onnx_attacks),
+        "eps": grid.eps,
+        "n": n,
+        "seed": seed,
+        "data_dir": data_dir,
+        "out": out / "attacks" / key,
+        "progress": progress,
+        "params": {k: v for k, v in (b.get("attack_params") or {}).items() if k in grid.onnx_attacks},
+    }
+    if onnx.is_file() and _kept(call, ROBUSTNESS_ONNX_FILE, f"attack the exported {onnx.name} of {key}"):
+        return json.loads((call["out"] / ROBUSTNESS_ONNX_FILE).read_text())
     if not (onnx.is_file() and (run_dir / ONNX_VERIFY_FILE).is_file()):
         _log(f"export {key} to ONNX (verified on the test set)")
         export_run(run_dir, "onnx", onnx, n=min(1000, n * 5), data_dir=data_dir, seed=seed)
     _log(f"attack the exported {onnx.name} of {key}: {', '.join(grid.onnx_attacks)}")
-    return attack_run(
-        run_dir,
-        grid.onnx_attacks,
-        grid.eps,
-        n=n,
-        seed=seed,
-        data_dir=data_dir,
-        out=out / "attacks" / key,
-        progress=progress,
-        params=onnx_params,
-        onnx_path=onnx,
-        out_name=ROBUSTNESS_ONNX_FILE,
-    )
+    return _attack_run(call, onnx_path=onnx, out_name=ROBUSTNESS_ONNX_FILE)
 
 
 def reproduce(

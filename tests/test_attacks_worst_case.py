@@ -458,3 +458,64 @@ def test_autoattack_alone_still_checks_its_square_stage(model, data):
     res = run_attacks(RoundedInput(model), *data, ["autoattack"], [8], params=params, progress=False)
     assert "s" in res["attacks"]["autoattack"]["results"]["8"]["stages"]
     assert [c["passed"] for c in res["masking_checks"]["checks"]] == [False], res["masking_checks"]
+
+
+def test_a_prior_result_at_more_eps_gives_the_units_it_shares_and_nothing_else(model, surrogate, data, monkeypatch):
+    """A grid that shares a run with another grid attacks it at a subset of that grid's eps: the other
+    grid's result (the prior) gives every (attack, eps) unit whose inputs are provably the same, and the
+    result equals a call from scratch (each unit is seeded on its own); units with other parameters, other
+    survivors under cascade, another surrogate or other weights are attacked again."""
+    kw = dict(cascade=True, seed=3, surrogates={"s": surrogate}, progress=False)
+    params = {"pgd": {"steps": 3}, "transfer": {"steps": 3}, "masking": {"steps_eps_candidates": "2,8"}}
+    names = ["fgsm", "pgd", "transfer"]
+    four = run_attacks(model, *data, names, [1, 2, 4, 8], params=params, **kw)
+    fresh = run_attacks(model, *data, names, [2, 8], params=params, **kw)
+    real, calls = runner_mod._generate, []
+    monkeypatch.setattr(runner_mod, "_generate", lambda *a: calls.append((a[0].name, a[5])) or real(*a))
+    prior = runner_mod.PriorResult(four, "other/robustness.json")
+    got = run_attacks(model, *data, names, [2, 8], params=params, prior=prior, **kw)
+    assert calls == []  # every attack unit and the PGD masking probes came from the prior
+    assert got["reused"]["units"] == [f"{a}@{e}" for a in ("fgsm", "pgd", "transfer@s") for e in ("2", "8")] + [
+        "masking_probes"
+    ]
+
+    def strip(r):
+        return {
+            a: {k: {m: v for m, v in res.items() if m != "wall_time_s"} for k, res in e["results"].items()}
+            for a, e in r["attacks"].items()
+        }
+
+    assert strip(got) == strip(fresh)
+    assert got["worst_case"] == fresh["worst_case"] and got["masking_checks"] == fresh["masking_checks"]
+    assert {k: v for k, v in got["masking_probes"].items() if k != "wall_time_s"} == {
+        k: v for k, v in fresh["masking_probes"].items() if k != "wall_time_s"
+    }
+
+    # other PGD steps: pgd is attacked again, and so is every later unit whose survivors changed with it
+    more = {**params, "pgd": {"steps": 4}}
+    got = run_attacks(model, *data, names, [2, 8], params=more, prior=runner_mod.PriorResult(four, "x"), **kw)
+    assert ("pgd", 2 / 255) in calls and ("pgd", 8 / 255) in calls and "fgsm@2" in got["reused"]["units"]
+    assert not any(u.startswith("pgd@") for u in got["reused"]["units"])
+    scratch = run_attacks(model, *data, names, [2, 8], params=more, **kw)
+    assert got["worst_case"] == scratch["worst_case"]
+
+    # another surrogate: its transfer is attacked again
+    calls.clear()
+    other = run_attacks(
+        model,
+        *data,
+        names,
+        [2, 8],
+        params=params,
+        prior=runner_mod.PriorResult(four, "x"),
+        **{**kw, "surrogates": {"s": train(2)}},
+    )
+    assert sorted(c[0] for c in calls) == ["transfer", "transfer"]
+    assert not any(u.startswith("transfer") for u in other["reused"]["units"])
+
+    # other weights: nothing is taken, and the result says why
+    calls.clear()
+    moved = train(3)
+    got = run_attacks(moved, *data, names, [2, 8], params=params, prior=runner_mod.PriorResult(four, "x"), **kw)
+    assert "reused" not in got and any("not reused (other weights)" in n for n in got["notes"])
+    assert len(calls) >= 4

@@ -347,3 +347,19 @@ def test_grid_report_notes_are_printed_under_the_headline(tmp_path, no_footprint
     (tmp_path / "plain").mkdir()
     plain_out, plain_grid = fake_out(tmp_path / "plain")
     assert "Grid note" not in render.write_report(plain_grid, "quick", plain_out).read_text()
+
+
+def test_results_taken_from_another_grid_are_said_so_under_the_headline(tmp_path, no_footprint):
+    """A model whose attack units came from another grid's result (``reused``) is named under the
+    headline with the count and the source, so a reader knows which numbers were not attacked here."""
+    out, grid = fake_out(tmp_path)
+    path = out / "attacks" / "ref" / "robustness.json"
+    res = json.loads(path.read_text())
+    res["reused"] = {"from": "other/attacks/ref/robustness.json", "units": ["pgd@2", "square@2"]}
+    path.write_text(json.dumps(res))
+    md = render.write_report(grid, "quick", out).read_text()
+    head = md.split("## Headline", 1)[1].split("## Proposed model minus", 1)[0]
+    assert "ResNet-8 float: 2 units from other/attacks/ref/robustness.json" in head
+    (tmp_path / "plain").mkdir()
+    plain_out, plain_grid = fake_out(tmp_path / "plain")
+    assert "another grid's result" not in render.write_report(plain_grid, "quick", plain_out).read_text()

@@ -883,3 +883,41 @@ def test_recorded_paths_are_relative_to_the_working_directory(tmp_path, monkeypa
     assert portable(tmp_path / "results" / "cifar10") == "results/cifar10"
     assert portable("results/x") == "results/x" and portable("--quiet") == "--quiet"
     assert portable("/elsewhere/out") == "/elsewhere/out"  # outside the working directory: kept as given
+
+
+def test_attack_stage_offers_the_owning_grids_result_of_a_shared_run(tmp_path, monkeypatch):
+    """A grid that trains into another grid's runs folder (``runs_dir``) hands attack_run that grid's
+    result of the same model as a prior (attack_run takes only the units it provably shares); a model
+    the owner has not attacked, and the owner grid itself, get none."""
+    import tinyrobust.attacks.evaluate as evaluate
+    from tinyrobust.reproduce.pipeline import attack_stage
+
+    grid = tiny_grid()
+    grid["onnx_attacks"] = []
+    g = load_grid(write_grid(tmp_path / "g", grid) / "cifar10.yaml")
+    owner = tmp_path / "owner"
+    for key in ("qnn_int4_jr", "qnn_float", "resnet"):
+        (owner / "runs" / key).mkdir(parents=True)
+        (owner / "runs" / key / "model.safetensors").write_bytes(key.encode())
+    (owner / "attacks" / "qnn_float").mkdir(parents=True)
+    (owner / "attacks" / "qnn_float" / "robustness.json").write_text("{}")
+    calls = {}
+
+    def fake_attack_run(run_dir, attacks, eps, *, surrogate_runs=None, cascade=False, prior_path=None, **kw):
+        calls[Path(run_dir).name] = prior_path
+        return {}
+
+    monkeypatch.setattr(evaluate, "attack_run", fake_attack_run)
+    g.runs_dir = "../owner/runs"
+    (tmp_path / "sharer").mkdir()
+    attack_stage(g, "quick", tmp_path / "sharer", None, 0, progress=False)
+    assert calls == {
+        "qnn_int4_jr": None,
+        "resnet": None,
+        "qnn_float": tmp_path / "sharer/../owner/attacks/qnn_float/robustness.json",
+    }
+    assert calls["qnn_float"].resolve() == owner / "attacks/qnn_float/robustness.json"
+    calls.clear()
+    g.runs_dir = "runs"
+    attack_stage(g, "quick", owner, None, 0, progress=False)  # the owner itself: its own file is no prior
+    assert calls == {"qnn_int4_jr": None, "resnet": None, "qnn_float": None}

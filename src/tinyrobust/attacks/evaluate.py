@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,7 @@ def attack_run(
     white_box_in_full: bool = True,
     domain: str = "feature",
     parts_only: bool = False,
+    prior_path=None,
 ) -> dict:
     """Attack the model of ``run_dir``; ``attacks`` is a name list or a spec like ``"white,square"``.
 
@@ -153,7 +155,11 @@ def attack_run(
     otherwise. Writes ``robustness.json`` atomically into ``out`` (default: the run dir) and returns it.
     ``parts_only=True`` (a work unit of ``reproduce --jobs``: one eps of one model) only fills
     ``robustness_parts/``: no masking probes, no ``robustness.json``; a later call with every eps reuses
-    the parts and writes the file."""
+    the parts and writes the file.
+
+    ``prior_path``: a ``robustness.json`` of the same weights written by another call (the grid that owns
+    a shared run, at more eps): every (attack, eps) unit it provably shares with this call is taken from
+    it instead of attacked again (:class:`.runner.PriorResult`; recorded under ``reused``)."""
     from ..data import load_dataset
     from ..data.loader import nested_stratified_order, to_tensors
     from ..paths import data_dir as resolve_data_dir
@@ -228,6 +234,16 @@ def attack_run(
     from .target import attack_model  # "frozen" (default) or "brevitas": same logits, see models/freeze.py
 
     attacked = run.model if onnx_path is not None else wrap(attack_model(run.model, target))
+    prior = None
+    if prior_path is not None and onnx_path is None:
+        prior = _load_prior(
+            prior_path,
+            model_sha=model_sha,
+            dataset=dataset,
+            domain=domain,
+            indices=[int(i) for i in indices],
+            target=f"PyTorch model of the run ({target})",
+        )
     results = run_attacks(
         attacked,
         x,
@@ -250,6 +266,7 @@ def attack_run(
         resume_dir=Path(out if out is not None else run.run_dir)
         / ("robustness_parts" if onnx_path is None else "robustness_parts_onnx"),
         masking_checks=onnx_path is None and not parts_only,
+        prior=prior,
     )
     if parts_only:
         return results
@@ -292,6 +309,31 @@ def attack_run(
     results = {"schema": SCHEMA, "meta": meta, **results}
     atomic_write_json(path, results)
     return results
+
+
+def _load_prior(path, *, model_sha, dataset, domain, indices, target):
+    """A :class:`.runner.PriorResult` from the result file ``path`` if it attacked the same weights file,
+    dataset, domain, target and test images (by index); None (logged) otherwise."""
+    from .runner import PriorResult
+
+    try:
+        got = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    meta = (got.get("meta") or {}) if isinstance(got, dict) else {}
+    label = _relative(path)
+    for what, ok in (
+        ("schema", got.get("schema") == SCHEMA if isinstance(got, dict) else False),
+        ("weights", meta.get("model_sha256") == model_sha),
+        ("dataset", meta.get("dataset") == dataset),
+        ("domain", meta.get("domain", "feature") == domain),
+        ("target", meta.get("target") == target),
+        ("images", (meta.get("subset") or {}).get("indices") == indices),
+    ):
+        if not ok:
+            print(f"[attack] {label}: other {what}, not reused", file=sys.stderr)
+            return None
+    return PriorResult(got, label)
 
 
 def result_is_current(

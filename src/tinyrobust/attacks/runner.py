@@ -216,6 +216,7 @@ def run_attacks(
     white_box_in_full: bool = True,
     skipped: dict[str, str] | None = None,
     model_id: str | None = None,
+    prior: PriorResult | None = None,
 ) -> dict:
     """Attack ``model`` on ``x`` (float32 NCHW in [0, 1]) / ``y`` (int labels).
 
@@ -239,6 +240,9 @@ def run_attacks(
     ``masking_checks`` runs the probes and checks of :mod:`.masking`. With ``resume_dir``, each
     finished attack is saved and reused by a later call with the same images, budgets, seed,
     parameters, model weights, surrogate weights and (under cascade) the same survivors.
+
+    ``prior`` (:class:`PriorResult`): an earlier result of this model on these images, e.g. at more eps;
+    each (attack, eps) unit it provably shares with this call is taken from it instead of attacked again.
     """
     t_start = time.perf_counter()
     if not list(attacks):
@@ -333,6 +337,9 @@ def run_attacks(
     store = _ResumeStore(
         resume_dir, x, y, budgets, seed, eot, model_sha if model_id is None else f"{model_sha}:{model_id}"
     )
+    if prior is not None and not prior.matches(model_sha, seed, eot, results["clean_correct"], stochastic):
+        results["notes"].append(f"{prior.label}: not reused ({prior.why_not})")
+        prior = None
     for name in run_names:
         spec, p = specs[name], resolved[specs[name].name]
         extra = {"attack": name, "cascade": cascade}
@@ -361,6 +368,8 @@ def run_attacks(
                 seed,
                 bar,
                 parts=(store, extra),
+                prior=prior,
+                surrogate_sha=sur_sha.get(_surrogate_key(name)) if spec.needs_surrogate else None,
             )
             store.save(name, p, extra, entry, masks)
         bar.update(0 if saved is None else (len(budgets) if spec.uses_eps else 1))
@@ -378,6 +387,8 @@ def run_attacks(
 
     if masking_checks:
         probes = store.load("_masking_probes", probe_cfg, {"budgets": budgets})
+        if probes is None and prior is not None and (from_prior := prior.masking_probes(probe_cfg, budgets)):
+            probes = (from_prior, {})
         if probes is None:
             t_probes = time.perf_counter()
             probes = _masking_probes(target, x[correct], y[correct], n, probe_cfg, seed, bar, budgets)
@@ -391,6 +402,12 @@ def run_attacks(
         results["masking_probes"] = probes
         results["masking_checks"] = masking.check_masking(results, checks=check_names)
     bar.close()
+    if prior is not None and prior.taken:
+        results["reused"] = {"from": prior.label, "units": prior.taken}
+        results["notes"].append(
+            f"{len(prior.taken)} unit(s) taken from {prior.label} instead of attacked again (same weights, "
+            "images, seed, parameters, surrogates and attacked images; each unit is seeded on its own): see 'reused'"
+        )
     # wall_time_s: this call only (a call that reuses finished parts costs seconds); attack_seconds: what
     # every attack and probe cost when it ran, summed over the sessions and processes that ran them
     results["wall_time_s"] = round(time.perf_counter() - t_start, 3)
@@ -422,6 +439,8 @@ def _run_one(
     seed: int,
     bar,
     parts: tuple | None = None,
+    prior: PriorResult | None = None,
+    surrogate_sha: str | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """One attack at every eps on the images ``alive`` at that eps; entry and survived masks (length n).
 
@@ -475,6 +494,13 @@ def _run_one(
                     entry["results"][k], masks[k] = saved[0], saved[1]["mask"]
                     bar.update()
                     continue
+            taken = prior.unit(name, p, k, alive[k], correct, surrogate_sha) if prior is not None else None
+            if taken is not None:
+                entry["results"][k], masks[k] = taken
+                if part_extra is not None:
+                    parts[0].save(f"{name}@eps{k}", p, part_extra, taken[0], {"mask": taken[1]}, per_eps=True)
+                bar.update()
+                continue
             bar.set_postfix_str(f"{name} eps={e:g}")
             _seed(seed, name if name != "transfer" else spec.name, e)
             x_adv, queries, seconds, stages = _generate(spec, attacker, target, x[idx], y[idx], e / 255, p)
@@ -563,6 +589,73 @@ def _white_box_winner(results: dict, budgets: list[float], n_correct: int) -> di
             best = min(white, key=white.get)
             out[k] = {"attack": best, "robust_accuracy": white[best], "compared": white}
     return out
+
+
+def _same_json(a, b) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+class PriorResult:
+    """An earlier ``run_attacks`` result of the same model on the same images (for example the grid that
+    owns a shared run, attacked at more eps), offered to a new call. One (attack, eps) unit is a pure
+    function of the weights, the images, the seed (each unit reseeds from seed, attack and eps), the
+    attack's parameters, its surrogate's weights and the images it attacks (under cascade: the survivors
+    of the earlier attacks at that eps); a unit whose every input is the same is taken instead of
+    attacked again. Checked per unit, so a prior with other parameters or another attack order is used
+    only where it provably gives the same numbers. (As with resume parts, a change of an attack's code
+    without a change of its parameters is not seen.)"""
+
+    def __init__(self, result: dict, label: str):
+        self.result, self.label = result, label
+        self.taken: list[str] = []
+        self.why_not = ""
+
+    def matches(self, model_sha: str, seed: int, eot: int, clean_correct: str, stochastic: bool) -> bool:
+        """Whether the prior attacked the same weights (sha256 of the attacked module), with the same
+        seed and EOT, and its clean predictions on the images are ours (a check on the images too)."""
+        r = self.result
+        for what, ok in (
+            ("other weights", r.get("model_sha256_weights") == model_sha),
+            ("other seed", r.get("seed") == seed),
+            ("other EOT samples", r.get("eot_samples") == eot),
+            ("a random model", not stochastic and not r.get("stochastic")),
+            ("other images or clean predictions", r.get("clean_correct") == clean_correct),
+        ):
+            if not ok:
+                self.why_not = what
+                return False
+        return True
+
+    def unit(self, name: str, params: dict, k: str, attacked: np.ndarray, correct: np.ndarray, surrogate_sha):
+        """(result entry, survived mask) of attack ``name`` at eps key ``k`` if the prior ran it with the
+        same parameters (and surrogate weights) on exactly the images ``attacked``; else None."""
+        entry = (self.result.get("attacks") or {}).get(name) or {}
+        got = (entry.get("results") or {}).get(k)
+        if (
+            got is None
+            or not _same_json(entry.get("params"), params)
+            or entry.get("surrogate_sha256_weights") != surrogate_sha
+            or len(got.get("robust") or "") != len(attacked)
+        ):
+            return None
+        s = np.frombuffer(got["robust"].encode(), dtype=np.uint8)
+        if not np.array_equal((s != ord(".")) & correct, attacked):
+            return None  # other survivors under cascade: another unit
+        self.taken.append(f"{name}@{k}")
+        return json.loads(json.dumps(got)), s == ord("1")
+
+    def masking_probes(self, cfg: dict, budgets: list[float]):
+        """The prior's PGD masking probes if they used the same configuration and probed eps (they are
+        seeded per probe); the randomness and gradient probes are measured again by the caller."""
+        probes = self.result.get("masking_probes") or {}
+        prior_budgets = [float(e) for e in self.result.get("eps") or []]
+        if not probes or not _same_json(probes.get("config"), cfg) or not prior_budgets:
+            return None
+        if masking.steps_eps_candidates(cfg, prior_budgets) != masking.steps_eps_candidates(cfg, budgets):
+            return None
+        self.taken.append("masking_probes")
+        keep = ("config", "large_eps", "more_steps", "wall_time_s")
+        return {k: json.loads(json.dumps(v)) for k, v in probes.items() if k in keep}
 
 
 class _ResumeStore:

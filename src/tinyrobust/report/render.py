@@ -649,6 +649,16 @@ def _common_note(data: Dict[str, Any]) -> List[str]:
                 else "the common set has no black-box attack: their worst case is an upper bound only."
             )
         )
+    reused = [(m["label"], (m["attacks"] or {}).get("reused") or {}) for m in data["models"]]
+    reused = [(label, r) for label, r in reused if r.get("units")]
+    if reused:
+        lines.append(
+            "Attack results taken from another grid's result of the same weights, images, seed and attack "
+            "parameters instead of attacked again (each (attack, eps) unit is seeded on its own, so a unit "
+            "is taken only where its attacked images match too; docs/attacks.md, Resuming): "
+            + "; ".join(f"{label}: {len(r['units'])} units from {r.get('from')}" for label, r in reused)
+            + "."
+        )
     lines += [f"Grid note: {note}" for note in data.get("report_notes") or []]
     return lines
 

@@ -287,6 +287,11 @@ def attack_stage(
                             if call.get("cascade")
                             else ""
                         )
+                        + (
+                            f"; units it shares with {portable(call['prior_path'])} are taken from there"
+                            if call.get("prior_path")
+                            else ""
+                        )
                     )
                     if in_worker:  # wait for a unit the other worker may still be attacking
                         for e in grid.eps:
@@ -397,7 +402,19 @@ def _attack_call(
         call.update(surrogate_runs=surrogate_runs, cascade=cascade)
     if grid.domain != "feature":
         call["domain"] = grid.domain
+    prior = _owner_result(runs, m.key)
+    if prior is not None and prior.resolve() != (call["out"] / ROBUSTNESS_FILE).resolve():
+        call["prior_path"] = prior
     return call
+
+
+def _owner_result(runs: Path, key: str) -> Optional[Path]:
+    """The attack result of ``key`` in the grid that owns the runs folder (``<its out>/runs``, shared
+    through ``runs_dir``), if there is one: the attack stage offers it to ``attack_run``, which takes
+    every (attack, eps) unit it provably shares instead of attacking again (cifar10_jr's eps 2 and 8
+    from cifar10's 1, 2, 4 and 8)."""
+    path = Path(runs).parent / "attacks" / key / ROBUSTNESS_FILE
+    return path if path.is_file() else None
 
 
 def onnx_attack(

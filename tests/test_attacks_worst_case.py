@@ -486,7 +486,22 @@ def test_a_prior_result_at_more_eps_gives_the_units_it_shares_and_nothing_else(m
         }
 
     assert strip(got) == strip(fresh)
-    assert got["worst_case"] == fresh["worst_case"] and got["masking_checks"] == fresh["masking_checks"]
+    assert got["worst_case"] == fresh["worst_case"]
+    assert got["masking_checks"]["checks"][:-1] == fresh["masking_checks"]["checks"]  # and one more check:
+    assert got["masking_checks"]["passed"] is True  # the source result's verdict
+    assert got["masking_checks"]["checks"][-1] == {
+        "check": "source_result_checks",
+        "passed": True,
+        "detail": "other/robustness.json (eps 1, 2, 4, 8) passed its checks",
+    }
+    # a source flagged at its own eps (e.g. 1/255 only) flags the result built from it
+    flagged = json.loads(json.dumps(four))
+    flagged["masking_checks"]["passed"] = False
+    flagged["masking_checks"]["checks"][3] = {"check": "black_box_only_breaks", "passed": False, "detail": "1/255: 9"}
+    got = run_attacks(model, *data, names, [2, 8], params=params, prior=runner_mod.PriorResult(flagged, "other"), **kw)
+    assert got["masking_checks"]["passed"] is False
+    assert got["masking_checks"]["verdict"] == "gradient masking suspected: failed source_result_checks"
+    assert "black_box_only_breaks: 1/255: 9" in got["masking_checks"]["checks"][-1]["detail"]
     assert {k: v for k, v in got["masking_probes"].items() if k != "wall_time_s"} == {
         k: v for k, v in fresh["masking_probes"].items() if k != "wall_time_s"
     }

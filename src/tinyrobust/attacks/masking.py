@@ -312,6 +312,20 @@ def _probabilities(results: dict) -> dict:
     )
 
 
+def _source_result(reused: dict) -> dict:
+    """A result built partly from another result of the same weights and images (``reused``, see
+    :class:`~tinyrobust.attacks.runner.PriorResult`) carries that result's verdict: its checks ran at its
+    own eps (often more than this call's), and a model that masks gradients there masks them here."""
+    src = reused.get("source_masking")
+    if src is None or src.get("passed") is None:
+        return _result("source_result_checks", None, f"skipped: {reused.get('from')} has no masking checks")
+    eps = ", ".join(f"{float(e):g}" for e in src.get("eps") or [])
+    if src["passed"]:
+        return _result("source_result_checks", True, f"{reused.get('from')} (eps {eps}) passed its checks")
+    why = "; ".join(f"{c['check']}: {c['detail']}" for c in src.get("failed") or [])
+    return _result("source_result_checks", False, f"{reused.get('from')} (eps {eps}) failed {why}")
+
+
 def check_masking(results: dict, checks: list[str] | None = None) -> dict:
     """Run the checks on a :func:`~tinyrobust.attacks.runner.run_attacks` results dict.
 
@@ -329,6 +343,9 @@ def check_masking(results: dict, checks: list[str] | None = None) -> dict:
         "outputs_not_probabilities": lambda: _probabilities(results),
     }
     out = [run[c]() for c in (checks or CHECKS)]
+    reused = results.get("reused") or {}
+    if reused.get("units"):
+        out.append(_source_result(reused))
     failed = [c["check"] for c in out if c["passed"] is False]
     ran = sum(c["passed"] is not None for c in out)
     if failed:

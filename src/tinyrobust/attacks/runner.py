@@ -400,14 +400,15 @@ def run_attacks(
         probes["randomness"] = {"random_outputs": random_outputs, "images": int(min(32, n))}
         probes.update(masking.gradient_probes(target, x[correct], y[correct], int(probe_cfg["gradient_images"])))
         results["masking_probes"] = probes
-        results["masking_checks"] = masking.check_masking(results, checks=check_names)
-    bar.close()
     if prior is not None and prior.taken:
-        results["reused"] = {"from": prior.label, "units": prior.taken}
+        results["reused"] = {"from": prior.label, "units": prior.taken, "source_masking": prior.masking_summary()}
         results["notes"].append(
             f"{len(prior.taken)} unit(s) taken from {prior.label} instead of attacked again (same weights, "
             "images, seed, parameters, surrogates and attacked images; each unit is seeded on its own): see 'reused'"
         )
+    if masking_checks:
+        results["masking_checks"] = masking.check_masking(results, checks=check_names)
+    bar.close()
     # wall_time_s: this call only (a call that reuses finished parts costs seconds); attack_seconds: what
     # every attack and probe cost when it ran, summed over the sessions and processes that ran them
     results["wall_time_s"] = round(time.perf_counter() - t_start, 3)
@@ -495,10 +496,8 @@ def _run_one(
                     bar.update()
                     continue
             taken = prior.unit(name, p, k, alive[k], correct, surrogate_sha) if prior is not None else None
-            if taken is not None:
+            if taken is not None:  # not saved as a part: taken again next time, so 'reused' always says so
                 entry["results"][k], masks[k] = taken
-                if part_extra is not None:
-                    parts[0].save(f"{name}@eps{k}", p, part_extra, taken[0], {"mask": taken[1]}, per_eps=True)
                 bar.update()
                 continue
             bar.set_postfix_str(f"{name} eps={e:g}")
@@ -643,6 +642,22 @@ class PriorResult:
             return None  # other survivors under cascade: another unit
         self.taken.append(f"{name}@{k}")
         return json.loads(json.dumps(got)), s == ord("1")
+
+    def masking_summary(self) -> dict | None:
+        """The prior's own masking verdict (its checks ran at its eps, on these weights and images), for
+        the ``source_result_checks`` check: a model flagged there stays flagged in a result built from it."""
+        mc = self.result.get("masking_checks")
+        if not mc:
+            return None
+        return {
+            "passed": mc.get("passed"),
+            "eps": self.result.get("eps"),
+            "failed": [
+                {"check": c.get("check"), "detail": c.get("detail")}
+                for c in mc.get("checks") or []
+                if c.get("passed") is False
+            ],
+        }
 
     def masking_probes(self, cfg: dict, budgets: list[float]):
         """The prior's PGD masking probes if they used the same configuration and probed eps (they are

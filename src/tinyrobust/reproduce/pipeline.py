@@ -413,7 +413,7 @@ def _owner_result(runs: Path, key: str) -> Optional[Path]:
     through ``runs_dir``), if there is one: the attack stage offers it to ``attack_run``, which takes
     every (attack, eps) unit it provably shares instead of attacking again (cifar10_jr's eps 2 and 8
     from cifar10's 1, 2, 4 and 8)."""
-    path = Path(runs).parent / "attacks" / key / ROBUSTNESS_FILE
+    path = Path(os.path.normpath(Path(runs).parent / "attacks" / key / ROBUSTNESS_FILE))
     return path if path.is_file() else None
 
 

@@ -363,3 +363,14 @@ def test_results_taken_from_another_grid_are_said_so_under_the_headline(tmp_path
     (tmp_path / "plain").mkdir()
     plain_out, plain_grid = fake_out(tmp_path / "plain")
     assert "another grid's result" not in render.write_report(plain_grid, "quick", plain_out).read_text()
+
+
+def test_report_command_is_the_whole_grids_and_stage_seconds_are_summed():
+    """A grid run in parts (one model per process) records its last part: the report shows the command
+    for the whole grid (without --models/--stages/--quiet) and names the part; seconds per stage sum up."""
+    last = "tinyrobust reproduce --grid g --budget full --out o --stages attack --jobs 1 --quiet --models=qnn_int4"
+    assert render.whole_grid_command(last) == "tinyrobust reproduce --grid g --budget full --out o --jobs 1"
+    assert render.whole_grid_command("tinyrobust reproduce --grid g --out o") == "tinyrobust reproduce --grid g --out o"
+    got = render.stage_totals({"train@1": 3600, "attack@2": 900, "train@3": 1800, "attack+report@4": 1})
+    assert got == "attack 0.25 h in 1 call(s); attack+report 0.00 h in 1 call(s); train 1.50 h in 2 call(s)"
+    assert render.stage_totals({}) == "n/a"

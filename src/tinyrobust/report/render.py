@@ -587,6 +587,35 @@ def waveform_eps_db(grid: Grid, data: Dict[str, Any], data_dir: Optional[str | P
     return {"n": len(indices), "by_eps": {ekey(e): v for e, v in zip(grid.eps, db.values())}}
 
 
+def whole_grid_command(cmd: str) -> str:
+    """The recorded ``reproduce`` call without the options that restrict it to part of the grid
+    (``--models``, ``--stages``) or only quieten it: the command that gives the whole report. A grid is
+    often run in parts (one model per process on a 2-core machine), and the last part is what was recorded."""
+    words, out, skip = cmd.split(), [], False
+    for w in words:
+        if skip:
+            skip = False
+            continue
+        name = w.split("=", 1)[0]
+        if name in ("--models", "--stages"):
+            skip = "=" not in w
+            continue
+        if name == "--quiet":
+            continue
+        out.append(w)
+    return " ".join(out)
+
+
+def stage_totals(seconds: Dict[str, float]) -> str:
+    """``{"train@<time>": s, ...}`` as total hours per stage and the number of calls."""
+    totals: Dict[str, List[float]] = {}
+    for key, sec in seconds.items():
+        totals.setdefault(key.split("@", 1)[0], []).append(float(sec))
+    return (
+        "; ".join(f"{stage} {sum(v) / 3600:.2f} h in {len(v)} call(s)" for stage, v in sorted(totals.items())) or "n/a"
+    )
+
+
 def _context(grid: Grid, budget: str, out: Path, data: Dict[str, Any]) -> List[str]:
     meta = _load(out / "reproduce.json") or {}
     sources = {((m["attacks"] or {}).get("meta") or {}).get("dataset_source") for m in data["models"]} - {None}
@@ -595,16 +624,17 @@ def _context(grid: Grid, budget: str, out: Path, data: Dict[str, Any]) -> List[s
     sources = {re.sub(r" extracted to \S+", " (extracted once into the cache)", s) for s in sources}
     attacked = [m for m in data["models"] if m["attacks"]]
     ns = sorted({len(m["attacks"]["clean_correct"]) for m in attacked})
-    cmd = meta.get("command") or f"tinyrobust reproduce --dataset {grid.dataset} --budget {budget} --out {out.name}"
+    last = meta.get("command") or f"tinyrobust reproduce --dataset {grid.dataset} --budget {budget} --out {out.name}"
+    cmd = whole_grid_command(last)
     lines = [
         f"- dataset: **{grid.dataset}**, read from {', '.join(sorted(sources)) or 'n/a'}",
         f"- budget: **{budget}**; grid: `{grid.path.name}`; seed {meta.get('seed', 0)}",
-        f"- command: `{cmd}`",
+        f"- command: `{cmd}`" + (f" (the last call, one part of it: `{last}`)" if cmd != last else ""),
         f"- machine: {_machine(meta)}",
         f"- attacks: every model on the same seeded, class-stratified test images ({'/'.join(map(str, ns)) or 'n/a'} "
         f"images; smaller subsets are the first images of larger ones); L-inf budgets "
         f"{', '.join(grid.eps_label(e) for e in grid.eps)}; robust accuracy counts clean errors as failures",
-        f"- stage durations (s): {json.dumps(meta.get('stage_seconds', {}))}",
+        f"- stage durations: {stage_totals(meta.get('stage_seconds') or {})} (each call's seconds: reproduce.json)",
     ]
     if data.get("skipped_attacks"):
         lines.append(f"- not run at this budget (grid `skip_attacks`): {', '.join(data['skipped_attacks'])}")

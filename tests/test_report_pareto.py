@@ -217,3 +217,21 @@ def test_pareto_eps_in_the_grids_unit():
     assert pareto_eps([1, 4]) == [1, 4] and pareto_eps([]) == []
     assert eps_label({"labels": {"0.0077821": "2 samples"}}, "0.0077821") == "2 samples"
     assert eps_label({}, "2") == "2/255"
+
+
+def test_a_masked_run_is_drawn_but_kept_off_the_robust_fronts(tmp_path, fake_kb):
+    """The proposed run, most robust and smallest here, is flagged for gradient masking: its worst case is
+    an upper bound, so the robust fronts leave it out (the reference takes its place) while the clean front
+    keeps it; the plots still draw it."""
+    data = _data(tmp_path)
+    data["models"][0]["attacks"] = make_res(REPORT_CLEAN, {"pgd": {0, 1}, "square": {2}}, ORDER, masked=True)
+    data["comparison"] = compare(data["models"], REPORT_EPS)
+    front = pareto.collect_points(data, tmp_path / "out", [])
+    by = {p["key"]: p for p in front["points"]}
+    assert by["prop"]["masked"] and by["prop"]["robust"]["2"]["robust_accuracy"] == pytest.approx(0.6)
+    assert not by["prop"]["front"]["2"] and by["ref"]["front"]["2"]
+    assert by["prop"]["front"]["clean"]
+    head, rows = pareto.table(front)
+    assert rows[0][0] == "prop (gradient masking suspected)" and rows[0][-1] == "clean"
+    assert "kept off the robust fronts" in "\n".join(pareto.notes(front))
+    assert set(pareto.plots(front)) == {"pareto_clean.png", "pareto_eps2.png", "pareto_eps8.png"}

@@ -253,7 +253,9 @@ def collect_points(data: Dict[str, Any], out: Path, extra_runs: Sequence[Path] =
         points.append(pt)
     quantities = ["clean"] + [ekey(e) for e in eps]
     for q in quantities:
-        vals = [_value(p, q) for p in points]
+        # a point flagged for gradient masking is drawn but kept off the robust fronts: its worst case is
+        # an upper bound, and a front is a headline (clean accuracy does not rest on gradients)
+        vals = [None if q != "clean" and p["masked"] else _value(p, q) for p in points]
         for p, on in zip(points, pareto_front(vals)):
             p.setdefault("front", {})[q] = on
     labels = {ekey(e): (data.get("eps_labels") or {}).get(ekey(e), f"{ekey(e)}/255") for e in eps}
@@ -325,7 +327,9 @@ def notes(pareto: Dict[str, Any]) -> List[str]:
         f"per-image worst case over the common attack set ({', '.join(pareto['common']) or 'none'}) at "
         f"{eps_text}. A run is on the front when no other run has less or equal KB and greater or equal "
         "accuracy with one of the two strictly better (ties are both on it); the front compares point "
-        "estimates, so read it with the Wilson 95% intervals beside it.",
+        "estimates, so read it with the Wilson 95% intervals beside it. Runs flagged for gradient masking "
+        "are drawn with a cross and kept off the robust fronts (their worst case is an upper bound); they "
+        "stay on the clean-accuracy front.",
         f"Vertical line: the {PAPER_NOTE}; its accuracy under this protocol is not measured here.",
     ]
     redo = [p["key"] for p in pareto["points"] if p["kb_source"] == "recomputed"]
@@ -338,6 +342,11 @@ def notes(pareto: Dict[str, Any]) -> List[str]:
     if clean_src:
         lines.append(f"Clean accuracy from: {', '.join(sorted(clean_src))} (n beside each value).")
     return lines
+
+
+def _prec_name(weights: str) -> str:
+    """The precision family of a weight quantizer name (``ternary_stats`` and ``ternary`` are one colour)."""
+    return weights.split("_")[0]
 
 
 def _prec_colour(weights: str) -> str:
@@ -357,6 +366,7 @@ def plots(pareto: Dict[str, Any]) -> Dict[str, bytes]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     from matplotlib.lines import Line2D
 
     from .render import _png
@@ -366,7 +376,7 @@ def plots(pareto: Dict[str, Any]) -> Dict[str, bytes]:
         pts = [(p, _acc(p, q)) for p in pareto["points"] if _value(p, q) is not None]
         if not pts:
             continue
-        fig, ax = plt.subplots(figsize=(7.0, 4.6))
+        fig, ax = plt.subplots(figsize=(8.6, 4.6))
         for p, a in pts:
             x, y = p["weight_kb"], 100 * a["robust_accuracy"]
             col = _prec_colour(p["weights"])
@@ -383,6 +393,8 @@ def plots(pareto: Dict[str, Any]) -> Dict[str, bytes]:
             marker = "s" if p["role"] in REFERENCE_ROLES else "o"
             if p["front"].get(q):  # a black ring around the points on the front
                 ax.scatter(x, y, s=170, marker=marker, facecolors="none", edgecolors="black", linewidths=1, zorder=3)
+            if q != "clean" and p["masked"]:  # a cross: gradient masking suspected, an upper bound
+                ax.scatter(x, y, s=120, marker="x", color="black", linewidths=1.2, zorder=5)
             ax.scatter(
                 x,
                 y,
@@ -394,7 +406,7 @@ def plots(pareto: Dict[str, Any]) -> Dict[str, bytes]:
                 zorder=4,
             )
             if p["role"] in REFERENCE_ROLES or p["front"].get(q) or p["role"] == "proposed":
-                ax.annotate(p["label"], (x, y), fontsize=7, xytext=(5, 4), textcoords="offset points")
+                ax.annotate(p["key"], (x, y), fontsize=7, xytext=(6, 3), textcoords="offset points")
         front = sorted((p["weight_kb"], 100 * a["robust_accuracy"]) for p, a in pts if p["front"].get(q))
         if front:
             xs, ys = zip(*front)
@@ -414,12 +426,16 @@ def plots(pareto: Dict[str, Any]) -> Dict[str, bytes]:
         kbs = [p["weight_kb"] for p, _ in pts] + [PAPER_KB]
         ax.set_xscale("log")
         ax.set_xlim(min(kbs) / 1.5, max(kbs) * 1.5)
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if lo <= t <= hi]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_ylim(-2, 100)
         ax.set_xlabel("weight memory (KB, log scale; scales and folded BatchNorm included)")
         ax.set_ylabel(f"{quantity_title(q, pareto)} % (95% CI)")
         ax.set_title(f"{quantity_title(q, pareto)} vs weight memory: Pareto front (dashed)", fontsize=9)
         ax.grid(alpha=0.3, which="both")
-        precs = list(dict.fromkeys(p["weights"] for p, _ in pts))
+        precs = list(dict.fromkeys(_prec_name(p["weights"]) for p, _ in pts))
         handles = [Line2D([], [], marker="o", ls="", color=_prec_colour(w), label=f"weights {w}") for w in precs] + [
             Line2D([], [], marker="o", ls="", markerfacecolor="black", markeredgecolor="black", label="with JR"),
             Line2D([], [], marker="o", ls="", markerfacecolor="white", markeredgecolor="black", label="no JR"),
@@ -430,7 +446,11 @@ def plots(pareto: Dict[str, Any]) -> Dict[str, bytes]:
                 [], [], marker="o", ls="", ms=11, markerfacecolor="none", markeredgecolor="black", label="on the front"
             ),
         ]
-        ax.legend(handles=handles, fontsize=7, loc="lower right")
+        if q != "clean" and any(p["masked"] for p, _ in pts):
+            handles.append(
+                Line2D([], [], marker="x", ls="", color="black", label="gradient masking\nsuspected (off the front)")
+            )
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         fig.tight_layout()
         out[f"pareto_{'clean' if q == 'clean' else 'eps' + q}.png"] = _png(fig)
         plt.close(fig)

@@ -9,6 +9,7 @@ and eps every attack records '1' survived / '0' broken or clean-wrong / '.' not 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -641,7 +642,7 @@ class PriorResult:
         if not np.array_equal((s != ord(".")) & correct, attacked):
             return None  # other survivors under cascade: another unit
         self.taken.append(f"{name}@{k}")
-        return json.loads(json.dumps(got)), s == ord("1")
+        return copy.deepcopy(got), s == ord("1")
 
     def masking_summary(self) -> dict | None:
         """The prior's own masking verdict (its checks ran at its eps, on these weights and images), for
@@ -670,7 +671,7 @@ class PriorResult:
             return None
         self.taken.append("masking_probes")
         keep = ("config", "large_eps", "more_steps", "wall_time_s")
-        return {k: json.loads(json.dumps(v)) for k, v in probes.items() if k in keep}
+        return {k: copy.deepcopy(v) for k, v in probes.items() if k in keep}
 
 
 class _ResumeStore:

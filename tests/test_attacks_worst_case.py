@@ -534,3 +534,30 @@ def test_a_prior_result_at_more_eps_gives_the_units_it_shares_and_nothing_else(m
     got = run_attacks(moved, *data, names, [2, 8], params=params, prior=runner_mod.PriorResult(four, "x"), **kw)
     assert "reused" not in got and any("not reused (other weights)" in n for n in got["notes"])
     assert len(calls) >= 4
+
+
+def test_a_prior_file_refused_before_the_attack_is_explained_in_the_result_notes(model, data, tmp_path):
+    """A prior file that is unreadable, or attacked another dataset, weights file or images, is refused
+    when it is loaded; the result says so in its notes (not only on stderr) and attacks every unit."""
+    from tinyrobust.attacks.evaluate import SCHEMA, _load_prior
+
+    meta = {"model_sha256": "abc", "dataset": "cifar10", "domain": "feature", "target": "t"}
+    meta["subset"] = {"indices": [0, 1, 2]}
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"schema": SCHEMA, "meta": meta}))
+    kw = dict(model_sha="abc", dataset="cifar10", domain="feature", indices=[0, 1, 2], target="t")
+    assert not _load_prior(good, **kw).refused
+    (tmp_path / "broken.json").write_text("{not json")
+    for name, why, args in [
+        ("missing.json", "unreadable", kw),
+        ("broken.json", "not JSON", kw),
+        ("good.json", "other dataset", {**kw, "dataset": "svhn"}),
+        ("good.json", "other weights file", {**kw, "model_sha": "def"}),
+        ("good.json", "other images", {**kw, "indices": [0, 1, 3]}),
+    ]:
+        prior = _load_prior(tmp_path / name, **args)
+        assert prior.refused.startswith(why), (name, prior.refused)
+        got = run_attacks(model, *data, ["fgsm"], [8], seed=0, progress=False, prior=prior)
+        assert "reused" not in got
+        assert any(n.startswith(f"{prior.label}: not reused ({why}") for n in got["notes"]), got["notes"]
+        assert got["attacks"]["fgsm"]["results"]["8"]["robust_accuracy"] is not None

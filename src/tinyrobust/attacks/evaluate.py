@@ -12,7 +12,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -313,26 +312,28 @@ def attack_run(
 
 def _load_prior(path, *, model_sha, dataset, domain, indices, target):
     """A :class:`.runner.PriorResult` from the result file ``path`` if it attacked the same weights file,
-    dataset, domain, target and test images (by index); None (logged) otherwise."""
+    dataset, domain, target and test images (by index); otherwise a refusal that the result's notes
+    explain (``<file>: not reused (<why>)``), like a refusal found during the attack."""
     from .runner import PriorResult
 
+    label = _relative(path)
     try:
         got = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
+    except OSError as e:
+        return PriorResult.refusal(label, f"unreadable: {e.strerror or e}")
+    except ValueError:
+        return PriorResult.refusal(label, "not JSON")
     meta = (got.get("meta") or {}) if isinstance(got, dict) else {}
-    label = _relative(path)
     for what, ok in (
         ("schema", got.get("schema") == SCHEMA if isinstance(got, dict) else False),
-        ("weights", meta.get("model_sha256") == model_sha),
+        ("weights file", meta.get("model_sha256") == model_sha),
         ("dataset", meta.get("dataset") == dataset),
         ("domain", meta.get("domain", "feature") == domain),
         ("target", meta.get("target") == target),
         ("images", (meta.get("subset") or {}).get("indices") == indices),
     ):
         if not ok:
-            print(f"[attack] {label}: other {what}, not reused", file=sys.stderr)
-            return None
+            return PriorResult.refusal(label, f"other {what}")
     return PriorResult(got, label)
 
 

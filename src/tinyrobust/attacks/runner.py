@@ -605,14 +605,24 @@ class PriorResult:
     only where it provably gives the same numbers. (As with resume parts, a change of an attack's code
     without a change of its parameters is not seen.)"""
 
-    def __init__(self, result: dict, label: str):
+    def __init__(self, result: dict, label: str, refused: str = ""):
         self.result, self.label = result, label
         self.taken: list[str] = []
         self.why_not = ""
+        self.refused = refused
+
+    @classmethod
+    def refusal(cls, label: str, why: str) -> "PriorResult":
+        """A prior refused before the attack (unreadable file, other dataset, images...): it matches
+        nothing, and the result's notes say why, as for a refusal found during the attack."""
+        return cls({}, label, refused=why)
 
     def matches(self, model_sha: str, seed: int, eot: int, clean_correct: str, stochastic: bool) -> bool:
         """Whether the prior attacked the same weights (sha256 of the attacked module), with the same
         seed and EOT, and its clean predictions on the images are ours (a check on the images too)."""
+        if self.refused:
+            self.why_not = self.refused
+            return False
         r = self.result
         for what, ok in (
             ("other weights", r.get("model_sha256_weights") == model_sha),

@@ -371,6 +371,8 @@ def test_report_command_is_the_whole_grids_and_stage_seconds_are_summed():
     last = "tinyrobust reproduce --grid g --budget full --out o --stages attack --jobs 1 --quiet --models=qnn_int4"
     assert render.whole_grid_command(last) == "tinyrobust reproduce --grid g --budget full --out o --jobs 1"
     assert render.whole_grid_command("tinyrobust reproduce --grid g --out o") == "tinyrobust reproduce --grid g --out o"
+    on_ray = "tinyrobust reproduce --grid g --out o --jobs 8 --address 10.0.0.5:6379"
+    assert render.whole_grid_command(on_ray) == "tinyrobust reproduce --grid g --out o --jobs 8"
     got = render.stage_totals({"train@1": 3600, "attack@2": 900, "train@3": 1800, "attack+report@4": 1})
     assert got == "attack 0.25 h in 1 call(s); attack+report 0.00 h in 1 call(s); train 1.50 h in 2 call(s)"
     assert render.stage_totals({}) == "n/a"

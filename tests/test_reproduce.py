@@ -421,6 +421,98 @@ def test_reproduce_jobs_starts_one_thread_workers_and_names_a_failed_one(tmp_pat
     assert "--jobs must be a whole number >= 1, got 0" in capsys.readouterr().err
 
 
+class FakeRay:
+    """Enough of Ray for ``run_jobs_on_ray``: tasks run at once, in this process, through ``job``."""
+
+    def __init__(self, codes):
+        self.codes, self.inits, self.tasks, self.shut = list(codes), [], [], False
+
+    def init(self, **kw):
+        self.inits.append(kw)
+
+    def remote(self, **opts):
+        fake = self
+
+        class Task:
+            @staticmethod
+            def remote(*args):
+                fake.tasks.append((opts, args))
+                return len(fake.tasks) - 1
+
+        return lambda fn: Task
+
+    def get(self, ref):
+        code = self.codes[ref]
+        if isinstance(code, Exception):
+            raise code
+        return code
+
+    def cancel(self, ref, force=False):
+        pass
+
+    def shutdown(self):
+        self.shut = True
+
+
+def test_reproduce_jobs_on_a_ray_cluster(tmp_path, capsys, monkeypatch):
+    """``--jobs 2 --address ...``: the workers are Ray tasks of one CPU each running the same worker
+    command with absolute paths (a Ray worker may start elsewhere) and the caller's TINYROBUST_* settings;
+    a task that dies fails the call naming it; an unreachable address, or no Ray, is one line."""
+    import tinyrobust.reproduce.pipeline as pipeline
+
+    folder = write_grid(tmp_path / "grids", tiny_grid())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TINYROBUST_DATA", "/data/here")
+    fake = FakeRay([0, RuntimeError("node lost")])
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    base = ["reproduce", "--dataset", "cifar10", "--out", "o", "--grid-dir", str(folder), "--quiet", "--jobs", "2"]
+    assert main(base + ["--address", "local", "--stages", "train"]) == 2
+    err = capsys.readouterr().err
+    assert "node lost" in err and "error: reproduce worker job 2 failed" in err.strip().splitlines()[-1]
+    assert fake.inits[0]["num_cpus"] == 2 and fake.shut
+    assert [t[0] for t in fake.tasks] == [{"num_cpus": 1, "max_retries": 0}] * 2
+    for j, (_, (args, job, cwd, env)) in enumerate(fake.tasks, 1):
+        assert job == j and cwd == str(tmp_path) and env == {"TINYROBUST_DATA": "/data/here"}
+        assert args[:3] == ["-m", "tinyrobust", "reproduce"] and args[args.index("--stages") + 1] == "train"
+        assert args[args.index("--out") + 1] == str(tmp_path / "o")
+        assert Path(args[args.index("--runs-dir") + 1]) == tmp_path / "o" / "runs"
+    # what a task runs: the worker in its own process, one thread, tagged with its job number
+    seen = {}
+    monkeypatch.setattr(
+        "subprocess.call", lambda cmd, env, cwd: seen.update(cmd=cmd, env=env, cwd=cwd) or 0, raising=True
+    )
+    assert pipeline.job_on_ray(["-m", "tinyrobust"], 2, str(tmp_path), {"TINYROBUST_DATA": "/d"}) == 0
+    assert seen["cmd"] == [sys.executable, "-m", "tinyrobust"] and seen["cwd"] == str(tmp_path)
+    assert seen["env"]["TINYROBUST_THREADS"] == "1" and seen["env"]["TINYROBUST_REPRODUCE_JOB"] == "2"
+    assert seen["env"]["TINYROBUST_DATA"] == "/d"
+    # bad addresses and no Ray: one line each, before any worker starts
+    fake.tasks.clear()
+    assert main(base + ["--address", "nowhere"]) == 2
+    assert "--address nowhere: expected host:port" in capsys.readouterr().err
+    assert main(base + ["--address", "127.0.0.1:1"]) == 2
+    assert "--address 127.0.0.1:1: cannot reach the Ray cluster" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main(base + ["--address", "local"]) == 2
+    assert "Ray is not installed: pip install 'tinyrobust[sweep]'" in capsys.readouterr().err
+    assert fake.tasks == []
+
+
+@pytest.mark.slow  # starts a local Ray and trains two tiny models in two Ray tasks (skipped without Ray, as in CI)
+def test_reproduce_jobs_on_a_real_local_ray(fake_cifar, tmp_path, capfd):
+    """``--address local``: two real Ray tasks share the grid's train stage; every model trained once."""
+    pytest.importorskip("ray")
+    folder = write_grid(tmp_path / "grids", tiny_grid(onnx_attacks=[]))
+    out = tmp_path / "out"
+    args = ["reproduce", "--dataset", "cifar10", "--out", str(out), "--grid-dir", str(folder), "--quiet"]
+    call = ["--jobs", "2", "--address", "local", "--stages", "train", "--models", "qnn_float,resnet"]
+    assert main(args + call) == 0, capfd.readouterr().err
+    for key in ("resnet", "qnn_float"):
+        epochs = [json.loads(line)["epoch"] for line in (out / "runs" / key / "metrics.jsonl").read_text().splitlines()]
+        assert sorted(set(epochs)) == sorted(epochs) and (out / "runs" / key / "summary.json").is_file()
+    meta = json.loads((out / "reproduce.json").read_text())
+    assert any(k.startswith("train(jobs=2) on Ray@") for k in meta["stage_seconds"])
+
+
 @pytest.mark.slow  # trains and attacks three tiny models in two worker processes: ~40-60 s on 2 cores
 def test_reproduce_jobs_two_workers_share_the_grid(fake_cifar, tmp_path, capfd):
     """Two real workers: every model trained once and attacked once, between them, then one report."""

@@ -55,6 +55,12 @@ def add_parser(sub) -> str:
         help="train and attack in this many worker processes of one thread each, sharing the models "
         "(default 1; 2 on a 2-core machine); the report is written once they are done",
     )
+    p.add_argument(
+        "--address",
+        help="run the --jobs workers as Ray tasks of one CPU each on this Ray cluster (host:port, ray://host:port "
+        "or auto; 'local' starts a Ray here) instead of as local processes; every node must see the output, "
+        "runs and data folders at the same paths (needs the sweep extra: pip install 'tinyrobust[sweep]')",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return "reproduce"
 
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         extra_runs=[os.path.abspath(r.strip()) for r in (args.pareto_runs or "").split(",") if r.strip()],
         runs_dir=args.runs_dir,
         jobs=args.jobs,
+        address=args.address,
     )
     print(f"report: {path}" if path.name == "report.md" else f"results in {path}")
     return 0

@@ -90,6 +90,31 @@ def _start_worker(cmd: List[str], env: Dict[str, str]):
     return subprocess.Popen(cmd, env=env)
 
 
+def worker_args(
+    name: str,
+    budget: str,
+    out: Path,
+    runs_root: Path,
+    stages: List[str],
+    *,
+    data_dir: Optional[str],
+    seed: int,
+    configs_dir: Optional[str | Path],
+    models: Optional[List[str]],
+) -> List[str]:
+    """The arguments after ``python`` of one worker of ``--jobs`` (paths absolute: a Ray worker may start
+    in another folder)."""
+    cmd = ["-m", "tinyrobust", "reproduce", "--grid", name, "--budget", budget, "--out", os.path.abspath(out)]
+    cmd += ["--stages", ",".join(stages), "--seed", str(seed), "--runs-dir", os.path.abspath(runs_root), "--quiet"]
+    if data_dir:
+        cmd += ["--data-dir", os.path.abspath(data_dir)]
+    if configs_dir:
+        cmd += ["--grid-dir", os.path.abspath(configs_dir)]
+    if models:
+        cmd += ["--models", ",".join(models)]
+    return cmd
+
+
 def run_jobs(
     name: str,
     budget: str,
@@ -102,42 +127,104 @@ def run_jobs(
     seed: int,
     configs_dir: Optional[str | Path],
     models: Optional[List[str]],
+    address: Optional[str] = None,
 ) -> None:
     """The train and attack stages in ``jobs`` worker processes of one thread each (a 2-core machine:
-        ``jobs=2``). Every worker walks the same model list; a model another worker is training or attacking
-        is locked (``run_lock``) and skipped, so the workers share the list as a queue, and a model skipped
-        because its run or a surrogate was not trained yet is taken up by the worker that trained the last
-        of them. Once every worker has exited, a failed one makes the whole call fail, naming it; if the
-    caller itself is interrupted, the workers still running are terminated."""
+    ``jobs=2``). Every worker walks the same model list; a model another worker is training or attacking
+    is locked (``run_lock``) and skipped, so the workers share the list as a queue, and a model skipped
+    because its run or a surrogate was not trained yet is taken up by the worker that trained the last
+    of them. Once every worker has exited, a failed one makes the whole call fail, naming it; if the
+    caller itself is interrupted, the workers still running are terminated. ``address``: the workers run
+    as Ray tasks of one CPU each on that cluster (``local``: a local Ray) instead of as child processes
+    (:func:`run_jobs_on_ray`)."""
     from ..train.loop import thread_env
 
-    cmd = [sys.executable, "-m", "tinyrobust", "reproduce", "--grid", name, "--budget", budget, "--out", str(out)]
-    cmd += ["--stages", ",".join(stages), "--seed", str(seed), "--runs-dir", str(runs_root), "--quiet"]
-    if data_dir:
-        cmd += ["--data-dir", str(data_dir)]
-    if configs_dir:
-        cmd += ["--grid-dir", str(configs_dir)]
-    if models:
-        cmd += ["--models", ",".join(models)]
-    procs = []
-    try:
-        for j in range(1, jobs + 1):
-            env = {**os.environ, **thread_env(1)}
-            env[JOB_ENV] = str(j)
-            procs.append(_start_worker(cmd, env))
-            time.sleep(1.0 if j < jobs else 0)  # the first worker takes the first model's lock first
-        _log(f"{jobs} worker processes (one thread each) for stages {', '.join(stages)}")
-        codes = [p.wait() for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
+    args = worker_args(
+        name, budget, out, runs_root, stages, data_dir=data_dir, seed=seed, configs_dir=configs_dir, models=models
+    )
+    if address:
+        codes = run_jobs_on_ray(args, jobs, address)
+    else:
+        procs = []
+        try:
+            for j in range(1, jobs + 1):
+                env = {**os.environ, **thread_env(1)}
+                env[JOB_ENV] = str(j)
+                procs.append(_start_worker([sys.executable, *args], env))
+                time.sleep(1.0 if j < jobs else 0)  # the first worker takes the first model's lock first
+            _log(f"{jobs} worker processes (one thread each) for stages {', '.join(stages)}")
+            codes = [p.wait() for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
     failed = [str(j) for j, c in enumerate(codes, 1) if c != 0]
     if failed:
         raise TinyRobustError(
             f"reproduce worker job {', '.join(failed)} failed (its error is printed above); "
             "finished work is kept: run the same command again to continue"
         )
+
+
+RAY_HINT = "Ray is not installed: pip install 'tinyrobust[sweep]' (or run without --address: local processes)"
+
+
+def job_on_ray(args: List[str], job: int, cwd: str, env: Dict[str, str]) -> int:
+    """What one Ray task of ``--jobs --address`` runs: a reproduce worker in its own process (this node's
+    Python, one thread, the caller's TINYROBUST_* settings), as a local worker would; its exit code."""
+    import subprocess
+
+    from ..train.loop import thread_env
+
+    full_env = {**os.environ, **env, **thread_env(1), JOB_ENV: str(job)}
+    return subprocess.call([sys.executable, *args], env=full_env, cwd=cwd if os.path.isdir(cwd) else None)
+
+
+def run_jobs_on_ray(args: List[str], jobs: int, address: str) -> List[int]:
+    """``jobs`` reproduce workers as Ray tasks of one CPU each, on the cluster at ``address`` (``local``:
+    a Ray started here with ``jobs`` CPUs). The workers share the grid's folders as local workers do
+    (locks and finished runs), so on a cluster every node must see the output, runs and data folders
+    at the same paths (a shared file system). A task that dies counts as a failed worker."""
+    from ..sweep.engine import SweepError, check_reachable, import_ray
+
+    ray = import_ray(RAY_HINT)
+    env = {k: v for k, v in os.environ.items() if k.startswith("TINYROBUST_")}
+    try:
+        if address == "local":
+            ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=True, ignore_reinit_error=True)
+        else:
+            check_reachable(address)
+            ray.init(address=address, log_to_driver=True, ignore_reinit_error=True)
+    except SweepError:
+        raise
+    except Exception as exc:  # ConnectionError, RuntimeError, ...
+        raise TinyRobustError(f"cannot start Ray at {address}: {' '.join(str(exc).split())[:300]}") from None
+    task = ray.remote(num_cpus=1, max_retries=0)(job_on_ray)
+    refs = []
+    try:
+        for j in range(1, jobs + 1):
+            refs.append(task.remote(args, j, os.getcwd(), env))
+            time.sleep(1.0 if j < jobs else 0)  # as local workers: the first takes the first lock first
+        _log(f"{jobs} Ray tasks at {address} (one CPU each) for stages {args[args.index('--stages') + 1]}")
+        codes = []
+        for ref in refs:
+            try:
+                codes.append(int(ray.get(ref)))
+            except Exception as exc:  # the task's process died (killed, out of memory, node lost)
+                _log(f"a Ray task ended without an exit code: {' '.join(str(exc).split())[:300]}")
+                codes.append(-1)
+        refs = []
+        return codes
+    finally:
+        for ref in refs:  # interrupted: stop the workers still running
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
 
 
 def config_drift(saved: Dict[str, Any], wanted: Dict[str, Any], prefix: str = "") -> List[str]:
@@ -462,10 +549,12 @@ def reproduce(
     extra_runs: Optional[List[str | Path]] = None,
     runs_dir: Optional[str | Path] = None,
     jobs: int = 1,
+    address: Optional[str] = None,
 ) -> Path:
     """Train, attack and report the grid of ``dataset``; ``extra_runs``: more run folders (or glob
     patterns) for the report's Pareto plots, beside the grid's ``pareto_runs``; ``jobs`` > 1: the train
-    and attack stages in that many one-thread worker processes (:func:`run_jobs`)."""
+    and attack stages in that many one-thread worker processes (:func:`run_jobs`), as Ray tasks on the
+    cluster at ``address`` if one is given."""
     grid = load_grid(grid_path(dataset, configs_dir))
     grid.budget(budget)
     out = Path(out)
@@ -496,7 +585,7 @@ def reproduce(
     if not isinstance(jobs, int) or jobs < 1:
         raise TinyRobustError(f"--jobs must be a whole number >= 1, got {jobs!r}")
     work = [s for s in ("train", "attack") if s in stages]
-    if jobs > 1 and work:
+    if (jobs > 1 or address) and work:
         run_jobs(
             dataset,
             budget,
@@ -508,6 +597,7 @@ def reproduce(
             seed=seed,
             configs_dir=configs_dir,
             models=models,
+            address=address,
         )
     else:
         if "train" in stages:
@@ -518,6 +608,7 @@ def reproduce(
     # nothing (its seconds would be taken before the report is written, and the report takes seconds)
     if not os.environ.get(JOB_ENV) and work:
         key = "+".join(s for s in stages if s != "report") + (f"(jobs={jobs})" if jobs > 1 else "")
+        key += " on Ray" if address else ""
         record_stage_seconds(meta_path, portable_record(record, data_dir), key, round(time.time() - t0, 1))
     if "report" in stages:
         from ..report.render import write_report

@@ -64,15 +64,15 @@ class LocalExecutor:
         pass
 
 
-def import_ray():
+def import_ray(hint: str = INSTALL_HINT):
     try:
         import ray
     except ModuleNotFoundError:
-        raise SweepError(INSTALL_HINT) from None
+        raise SweepError(hint) from None
     return ray
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
+def check_reachable(address: str, timeout: float = 5.0) -> None:
     """One clear line if ``host:port`` (or ``ray://host:port``) does not answer; "auto" is left to Ray."""
     if address in ("auto", "local"):
         return
@@ -103,7 +103,7 @@ class RayExecutor:
         env = thread_env(threads)
         try:
             if address:
-                _check_reachable(address)
+                check_reachable(address)
                 ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False, ignore_reinit_error=True)
             else:
                 ray.init(

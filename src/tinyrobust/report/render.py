@@ -590,8 +590,8 @@ def waveform_eps_db(grid: Grid, data: Dict[str, Any], data_dir: Optional[str | P
 def whole_grid_command(cmd: str) -> str:
     """The recorded ``reproduce`` call without the options that restrict it to part of the grid
     (``--models``, ``--stages``), only quieten it or name the machines it ran on (``--address``): the command
-    that gives the whole report. A grid is
-    often run in parts (one model per process on a 2-core machine), and the last part is what was recorded."""
+    that gives the whole report. A grid is often run in parts (one model per process on a 2-core machine),
+    and the last part is what was recorded."""
     words, out, skip = cmd.split(), [], False
     for w in words:
         if skip:

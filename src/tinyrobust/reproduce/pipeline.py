@@ -90,6 +90,14 @@ def _start_worker(cmd: List[str], env: Dict[str, str]):
     return subprocess.Popen(cmd, env=env)
 
 
+def worker_env(job: int, base: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment of worker ``job`` of ``--jobs``: this process's (plus ``base``), one thread, and
+    the job number that tags its log lines."""
+    from ..train.loop import thread_env
+
+    return {**os.environ, **(base or {}), **thread_env(1), JOB_ENV: str(job)}
+
+
 def worker_args(
     name: str,
     budget: str,
@@ -137,8 +145,6 @@ def run_jobs(
     caller itself is interrupted, the workers still running are terminated. ``address``: the workers run
     as Ray tasks of one CPU each on that cluster (``local``: a local Ray) instead of as child processes
     (:func:`run_jobs_on_ray`)."""
-    from ..train.loop import thread_env
-
     args = worker_args(
         name, budget, out, runs_root, stages, data_dir=data_dir, seed=seed, configs_dir=configs_dir, models=models
     )
@@ -148,9 +154,7 @@ def run_jobs(
         procs = []
         try:
             for j in range(1, jobs + 1):
-                env = {**os.environ, **thread_env(1)}
-                env[JOB_ENV] = str(j)
-                procs.append(_start_worker([sys.executable, *args], env))
+                procs.append(_start_worker([sys.executable, *args], worker_env(j)))
                 time.sleep(1.0 if j < jobs else 0)  # the first worker takes the first model's lock first
             _log(f"{jobs} worker processes (one thread each) for stages {', '.join(stages)}")
             codes = [p.wait() for p in procs]
@@ -174,10 +178,7 @@ def job_on_ray(args: List[str], job: int, cwd: str, env: Dict[str, str]) -> int:
     Python, one thread, the caller's TINYROBUST_* settings), as a local worker would; its exit code."""
     import subprocess
 
-    from ..train.loop import thread_env
-
-    full_env = {**os.environ, **env, **thread_env(1), JOB_ENV: str(job)}
-    return subprocess.call([sys.executable, *args], env=full_env, cwd=cwd if os.path.isdir(cwd) else None)
+    return subprocess.call([sys.executable, *args], env=worker_env(job, env), cwd=cwd if os.path.isdir(cwd) else None)
 
 
 def run_jobs_on_ray(args: List[str], jobs: int, address: str) -> List[int]:
@@ -185,20 +186,11 @@ def run_jobs_on_ray(args: List[str], jobs: int, address: str) -> List[int]:
     a Ray started here with ``jobs`` CPUs). The workers share the grid's folders as local workers do
     (locks and finished runs), so on a cluster every node must see the output, runs and data folders
     at the same paths (a shared file system). A task that dies counts as a failed worker."""
-    from ..sweep.engine import SweepError, check_reachable, import_ray
+    from ..sweep.engine import import_ray, start_ray
 
     ray = import_ray(RAY_HINT)
     env = {k: v for k, v in os.environ.items() if k.startswith("TINYROBUST_")}
-    try:
-        if address == "local":
-            ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=True, ignore_reinit_error=True)
-        else:
-            check_reachable(address)
-            ray.init(address=address, log_to_driver=True, ignore_reinit_error=True)
-    except SweepError:
-        raise
-    except Exception as exc:  # ConnectionError, RuntimeError, ...
-        raise TinyRobustError(f"cannot start Ray at {address}: {' '.join(str(exc).split())[:300]}") from None
+    start_ray(ray, None if address == "local" else address, num_cpus=jobs, env_vars={}, log_to_driver=True)
     task = ray.remote(num_cpus=1, max_retries=0)(job_on_ray)
     refs = []
     try:

@@ -90,6 +90,26 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def start_ray(ray, address: Optional[str], *, num_cpus: int, env_vars: Dict[str, str], log_to_driver: bool) -> None:
+    """Connect to the Ray cluster at ``address`` (checked first: one line if it does not answer), or start
+    a local Ray with ``num_cpus`` CPUs when ``address`` is None; any other failure is one line too."""
+    common = dict(log_to_driver=log_to_driver, ignore_reinit_error=True)
+    if env_vars:
+        common["runtime_env"] = {"env_vars": env_vars}
+    try:
+        if address:
+            check_reachable(address)
+            ray.init(address=address, **common)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **common)
+    except SweepError:
+        raise
+    except Exception as exc:  # ConnectionError, RuntimeError, ...
+        raise SweepError(
+            f"cannot start Ray{f' at {address}' if address else ''}: {' '.join(str(exc).split())[:300]}"
+        ) from None
+
+
 class RayExecutor:
     """Ray tasks, ``concurrent`` at a time with ``threads`` CPUs each; local Ray unless ``address``."""
 
@@ -100,25 +120,7 @@ class RayExecutor:
         self.concurrent, self.threads = concurrent, threads
         from ..train.loop import thread_env
 
-        env = thread_env(threads)
-        try:
-            if address:
-                check_reachable(address)
-                ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False, ignore_reinit_error=True)
-            else:
-                ray.init(
-                    num_cpus=concurrent * threads,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    runtime_env={"env_vars": env},
-                    ignore_reinit_error=True,
-                )
-        except SweepError:
-            raise
-        except Exception as exc:  # ConnectionError, RuntimeError, ...
-            raise SweepError(
-                f"cannot start Ray{f' at {address}' if address else ''}: {' '.join(str(exc).split())[:300]}"
-            ) from None
+        start_ray(ray, address, num_cpus=concurrent * threads, env_vars=thread_env(threads), log_to_driver=False)
         self.task = ray.remote(num_cpus=threads, max_retries=0)(execute_trial_in_subprocess)
 
     def run(self, payloads: List[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:

@@ -441,3 +441,24 @@ def shipped_grid_with_tiny_budget(name: str, attack_n: int = 8) -> Dict[str, Any
         }
     }
     return grid
+
+
+def batch(n=8, seed=0):
+    """A seeded batch of CIFAR-10-shaped images in [0, 1] and labels."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def statistics(model):
+    """Every running statistic: BatchNorm buffers and Brevitas runtime-statistics scales."""
+    from tinyrobust.train.checkpoint import quant_runtime_state
+
+    bufs = {k: v.clone() for k, v in model.named_buffers()}
+    return bufs, {k: (s["counter"], s["buffer"].clone()) for k, s in quant_runtime_state(model).items()}
+
+
+def same_statistics(a, b):
+    (ba, qa), (bb, qb) = a, b
+    return all(torch.equal(ba[k], bb[k]) for k in ba) and all(
+        qa[k][0] == qb[k][0] and torch.equal(qa[k][1], qb[k][1]) for k in qa
+    )

@@ -16,17 +16,20 @@ from tinyrobust.errors import ConfigError
 from tinyrobust.models import build_model
 from tinyrobust.train import adversarial, loop
 from tinyrobust.train.adversarial import adversarial_generator, fgsm_rs, pgd, step_size_of, training_step
-from tinyrobust.train.checkpoint import load_checkpoint, quant_runtime_state
+from tinyrobust.train.checkpoint import load_checkpoint
 from tinyrobust.train.jacobian import frozen_statistics, training_forward
 
 from conftest import (
     _Crash,
     assert_one_line_error,
     assert_same_weights,
+    batch,
     deterministic,
     fake_checks,
     metrics,
     run_cli,
+    same_statistics,
+    statistics,
     tiny_config_dict,
 )
 
@@ -92,24 +95,6 @@ def qnn(weight="int4", act="int4"):
     return build_model(
         "qnn", num_classes=10, input_shape=(3, 32, 32), mean=(0.5,) * 3, std=(0.25,) * 3, quant=quant
     ).train()
-
-
-def batch(n=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
-
-
-def statistics(model):
-    """Every running statistic: BatchNorm buffers and Brevitas runtime-statistics scales."""
-    bufs = {k: v.clone() for k, v in model.named_buffers()}
-    return bufs, {k: (s["counter"], s["buffer"].clone()) for k, s in quant_runtime_state(model).items()}
-
-
-def same_statistics(a, b):
-    (ba, qa), (bb, qb) = a, b
-    return all(torch.equal(ba[k], bb[k]) for k in ba) and all(
-        qa[k][0] == qb[k][0] and torch.equal(qa[k][1], qb[k][1]) for k in qa
-    )
 
 
 @pytest.mark.parametrize("method", ["fgsm_rs", "pgd"])

@@ -30,6 +30,7 @@ pinned to eval mode: ``.train()`` on it raises.
 from __future__ import annotations
 
 import copy
+from typing import Dict
 
 import torch
 import torch.nn as nn
@@ -181,9 +182,17 @@ def freeze(model: nn.Module) -> nn.Module:
             "cannot freeze a model in training mode; call model.eval() first (BatchNorm statistics "
             "and stochastic quantizers differ between modes)"
         )
+    frozen = frozen_copy(model, frozen_replacements(model))
+    frozen.frozen = True
+    return frozen
+
+
+def frozen_replacements(model: nn.Module) -> Dict[str, nn.Module]:
+    """Module path -> its plain replacement, for every Brevitas layer of ``model`` (ExportError, one
+    line, for a layer or quantizer the frozen path does not know)."""
     from brevitas.nn import QuantConv2d, QuantLinear, QuantReLU
 
-    replacements = {}
+    replacements: Dict[str, nn.Module] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, (QuantConv2d, QuantLinear)):
             replacements[name] = _frozen_weight_layer(name, mod)
@@ -191,6 +200,10 @@ def freeze(model: nn.Module) -> nn.Module:
             replacements[name] = _frozen_act(name, mod)
         elif type(mod).__module__.startswith("brevitas.nn") and not any(name.startswith(r + ".") for r in replacements):
             raise ExportError(f"cannot freeze layer {name!r}: unknown quantized layer {type(mod).__name__}")
+    return replacements
+
+
+def frozen_copy(model: nn.Module, replacements: Dict[str, nn.Module]) -> nn.Module:
     frozen = copy.deepcopy(model)
     for name, new in replacements.items():
         parent_name, _, child = name.rpartition(".")
@@ -200,5 +213,4 @@ def freeze(model: nn.Module) -> nn.Module:
     for p in frozen.parameters():
         p.requires_grad_(False)
     frozen.train = _refuse_train.__get__(frozen)
-    frozen.frozen = True
     return frozen

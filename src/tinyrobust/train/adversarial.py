@@ -15,7 +15,9 @@ running estimates alone, and Brevitas' activation-scale statistics are not colle
 step's main pass moves them, once per step, as in plain QAT (``model.eval()`` is deliberately not
 used: it would switch BatchNorm to running statistics and make the attack face another function).
 Gradients are taken with ``torch.autograd.grad`` with respect to the input only: no parameter
-gradient is accumulated by the search.
+gradient is accumulated by the search. Once Brevitas has fixed its activation scales, the search
+runs on an :class:`AttackTwin`, a plain copy holding the step's quantized weights: the same
+function (bit-identical logits, checked each epoch), fewer Python calls per pass.
 
 JR composes: the penalty is estimated on the inputs of the step's main pass (the adversarial
 examples for fgsm_rs and pgd, the clean inputs for trades) by ``training_forward``, with its
@@ -36,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ExportError
+from ..models.freeze import FrozenQuantReLU, frozen_copy, frozen_replacements
 from ..stats import wilson
 from .jacobian import frozen_statistics, training_forward
 
@@ -117,6 +121,100 @@ def trades_perturb(
     return x_adv.detach()
 
 
+class AttackTwin:
+    """The frozen path for the attack passes inside an adversarial training step.
+
+    Within one step the weights do not change, so the perturbation search (1 pass for fgsm_rs, k for
+    pgd / trades) can run on a plain copy holding the step's quantized weights instead of Brevitas'
+    eager modules, which re-quantize every weight on every call (about 1.8x faster per pass,
+    ``benchmarks/results/freeze_throughput.md``). The copy computes the same training-mode function
+    as the model under ``frozen_statistics``: BatchNorm normalises with the batch's own statistics
+    (its running statistics are removed, so none is updated), activation quantizers use the learned
+    scale. Input gradients agree up to float rounding (Brevitas' straight-through backward multiplies
+    and divides by the scale where the twin masks).
+
+    :meth:`current` refreshes the copy from the model (quantized weights, biases, BatchNorm affine
+    parameters, activation scales: a few ms) and returns it, or returns None, so that the caller
+    searches on the model itself:
+
+    - while any activation quantizer is still in Brevitas' statistics-collection phase (its scale then
+      comes from each batch; the first ``collect_stats_steps`` training steps, 300 by default);
+    - when the copy's logits on the first batch of a check (one per epoch: :meth:`recheck`) are not
+      bit-identical to the model's (the reason is kept in ``disabled``).
+
+    :meth:`build` returns None for a model the frozen path does not know or one with stochastic
+    rounding (a fresh random rounding on every eager pass, which one copy cannot reproduce)."""
+
+    def __init__(self, model: nn.Module):
+        was = model.training
+        model.eval()  # quantizer scales read without touching their statistics phase
+        try:
+            replacements = frozen_replacements(model)
+        finally:
+            model.train(was)
+        self.model = model
+        self.twin = frozen_copy(model, replacements)
+        for m in self.twin.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean = m.running_var = m.num_batches_tracked = None  # batch statistics, updates none
+                m.track_running_stats = False
+        mods = dict(model.named_modules())
+        twin_mods = dict(self.twin.named_modules())
+        self._weights = [(mods[n], twin_mods[n]) for n, r in replacements.items() if not isinstance(r, FrozenQuantReLU)]
+        self._acts = [(mods[n], twin_mods[n]) for n, r in replacements.items() if isinstance(r, FrozenQuantReLU)]
+        replaced = tuple(n + "." for n in replacements)
+        own = dict(model.named_parameters())
+        self._params = [(own[n], p) for n, p in self.twin.named_parameters() if n in own and not n.startswith(replaced)]
+        self._stat_scalers = [m for m in model.modules() if hasattr(m, "collect_stats_steps") and hasattr(m, "counter")]
+        self.disabled: Optional[str] = None
+        self._checked = False
+
+    @classmethod
+    def build(cls, model: nn.Module) -> Optional["AttackTwin"]:
+        from brevitas.core.function_wrapper.stochastic_round import StochasticRoundSte
+
+        if getattr(model, "stochastic", False) or any(isinstance(m, StochasticRoundSte) for m in model.modules()):
+            return None
+        try:
+            twin = cls(model)
+        except ExportError:
+            return None
+        return twin if twin._weights or twin._acts else None  # a float model: nothing to gain
+
+    def recheck(self) -> None:
+        """Compare the copy's logits with the model's again at the next :meth:`current` call."""
+        self._checked = False
+
+    def _collecting(self) -> bool:
+        return any(m.counter <= m.collect_stats_steps for m in self._stat_scalers)
+
+    @torch.no_grad()
+    def _refresh(self) -> None:
+        for layer, new in self._weights:
+            new.weight.copy_(layer.quant_weight().value)
+            if layer.bias is not None:
+                new.bias.copy_(layer.bias)
+        for layer, new in self._acts:
+            new.scale.copy_(layer.act_quant.scale().reshape(()))
+        for src, dst in self._params:
+            dst.copy_(src)
+
+    def current(self, x: torch.Tensor) -> Optional[nn.Module]:
+        """The copy, refreshed to the model's weights now, or None (search on the model itself)."""
+        if self.disabled is not None or self._collecting():
+            return None
+        self._refresh()
+        if not self._checked:
+            with torch.no_grad(), frozen_statistics(self.model):
+                ref, got = self.model(x), self.twin(x)
+            if not torch.equal(ref, got):
+                diff = float((ref - got).abs().max())
+                self.disabled = f"the frozen copy's logits differ from the model's (max {diff:.3g})"
+                return None
+            self._checked = True
+        return self.twin
+
+
 @dataclass
 class StepOutput:
     """One training step's loss and what the epoch's metrics sum."""
@@ -139,8 +237,12 @@ def training_step(
     jr: Any,
     label_smoothing: float = 0.0,
     generator: Optional[torch.Generator] = None,
+    search_model: Optional[nn.Module] = None,
 ) -> StepOutput:
     """The loss of one training step (``adv``: a config's ``train.adversarial``, ``jr``: its ``jr``).
+
+    ``search_model``: what the perturbation search runs on (an :class:`AttackTwin`'s current copy,
+    the same function as ``model``); ``model`` itself when None. Every loss pass runs on ``model``.
 
     With ``adv.method == "none"`` this is exactly the plain QAT (+JR) step: same operations, same
     order, so runs without adversarial training are bit-identical to before."""
@@ -153,12 +255,13 @@ def training_step(
     if generator is None:
         raise ValueError("adversarial training needs a generator for its random starts")
     eps, step = adv.eps / 255.0, step_size_of(adv) / 255.0
+    search = model if search_model is None else search_model
     if adv.method in ("fgsm_rs", "pgd"):
         with frozen_statistics(model):
             if adv.method == "fgsm_rs":
-                x_adv = fgsm_rs(model, x, y, eps, step, generator)
+                x_adv = fgsm_rs(search, x, y, eps, step, generator)
             else:
-                x_adv = pgd(model, x, y, eps, step, adv.steps, generator)
+                x_adv = pgd(search, x, y, eps, step, adv.steps, generator)
         logits, penalty, parts = training_forward(model, x_adv, **jr_kw)  # the main pass: statistics move here
         ce = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         loss = ce if penalty is None else ce + penalty
@@ -166,7 +269,7 @@ def training_step(
     if adv.method == "trades":
         logits, penalty, parts = training_forward(model, x, **jr_kw)  # clean main pass: statistics move here
         with frozen_statistics(model):
-            x_adv = trades_perturb(model, x, logits, eps, step, adv.steps, generator)
+            x_adv = trades_perturb(search, x, logits, eps, step, adv.steps, generator)
             adv_logits = model(x_adv)
         ce = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         kl = F.kl_div(F.log_softmax(adv_logits, 1), F.softmax(logits, 1), reduction="batchmean")

@@ -44,7 +44,7 @@ from ..rundir import (  # noqa: F401
     run_lock,
     save_weights,
 )
-from .adversarial import adversarial_generator, robust_check, step_size_of, training_step
+from .adversarial import AttackTwin, adversarial_generator, robust_check, step_size_of, training_step
 from .checkpoint import load_checkpoint, quant_runtime_state, restore_quant_runtime_state, save_checkpoint
 from .jacobian import check_jr_layers
 from .keep import choose_kept
@@ -262,6 +262,8 @@ def _train_run(
             (run_dir / METRICS_FILE).unlink()
 
     total_steps = steps_per_epoch * cfg.train.epochs
+    # built after a resume's load_state_dict, which re-creates Brevitas' quantizer modules
+    twin = AttackTwin.build(model) if adv.method != "none" else None
     t_start = time.time()
     for epoch in range(start_epoch, cfg.train.epochs):
         if guard["stopped_at"] is not None:  # resumed after the early stop's checkpoint
@@ -274,6 +276,9 @@ def _train_run(
             train_ds, cfg.train.batch_size, shuffle=True, augment=augment, seed=cfg.seed, epoch=epoch, drop_last=True
         )
         adv_gen = adversarial_generator(cfg.seed, epoch) if adv.method != "none" else None
+        twin_steps = 0
+        if twin is not None:
+            twin.recheck()
         sums = {"loss": 0.0, "ce": 0.0, "jr": 0.0, "correct": 0, "seen": 0, "robust": 0, "kl": 0.0, "dampen": 0.0}
         jr_parts: Dict[str, float] = {}
         flips = FlipCounter(model)
@@ -290,8 +295,17 @@ def _train_run(
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, total_steps, steps_per_epoch)
+            search = twin.current(x) if twin is not None else None
+            twin_steps += search is not None
             out = training_step(
-                model, x, y, adv=adv, jr=cfg.jr, label_smoothing=cfg.train.label_smoothing, generator=adv_gen
+                model,
+                x,
+                y,
+                adv=adv,
+                jr=cfg.jr,
+                label_smoothing=cfg.train.label_smoothing,
+                generator=adv_gen,
+                search_model=search,
             )
             loss, ce, penalty, parts = out.loss, out.ce, out.penalty, out.parts
             if cfg.train.dampen > 0:
@@ -348,6 +362,10 @@ def _train_run(
             row["train_robust_accuracy"] = sums["robust"] / seen
             if adv.method == "trades":
                 row["train_trades_kl"] = sums["kl"] / seen
+            # steps whose perturbation search ran on the frozen copy (train/adversarial.py AttackTwin)
+            row["attack_twin_steps"] = twin_steps
+            if twin is not None and twin.disabled:
+                row["attack_twin_disabled"] = twin.disabled
         bad = _non_finite(model)
         if bad:
             raise TrainingDiverged(f"{bad} became NaN/inf in epoch {epoch + 1}; " + _kept(epoch, run_dir))

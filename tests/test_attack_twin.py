@@ -146,11 +146,18 @@ ADV_RUN = dict(
 )
 
 
-def test_training_searches_on_the_twin_once_statistics_are_in(train_tiny, monkeypatch):
+# Brevitas ends the statistics phase at the first training-mode pass after it (its counter then equals
+# collect_stats_steps): the search of step 2 for fgsm_rs and pgd, the search of step 1 for trades (whose
+# clean main pass comes first); the twin takes over from the next step
+@pytest.mark.parametrize("method, per_epoch", [("fgsm_rs", [2, 4]), ("pgd", [2, 4]), ("trades", [3, 4])])
+def test_training_searches_on_the_twin_once_statistics_are_in(train_tiny, monkeypatch, method, per_epoch):
     short_statistics_phase(monkeypatch)
-    run_dir, _ = train_tiny(**ADV_RUN)
-    # steps 1-2 collect statistics (Brevitas switches at the step after the phase); then the copy
-    assert [r["attack_twin_steps"] for r in metrics(run_dir)] == [2, 4]
+    run = {
+        **ADV_RUN,
+        "train": {**ADV_RUN["train"], "adversarial": {**ADV_RUN["train"]["adversarial"], "method": method}},
+    }
+    run_dir, _ = train_tiny(**run)
+    assert [r["attack_twin_steps"] for r in metrics(run_dir)] == per_epoch
     assert all("attack_twin_disabled" not in r for r in metrics(run_dir))
 
 

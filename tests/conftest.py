@@ -417,6 +417,26 @@ class _Crash(Exception):
     pass
 
 
+def crash_after_epoch(monkeypatch, trainer, run_dir: Path, /, *, crash_epoch: int = 1, **sections: Any) -> None:
+    """Run ``trainer(run_dir, **sections)`` (the ``train_tiny`` factory) and crash it right after the
+    checkpoint of ``crash_epoch`` is written, as a kill would; the folder keeps what the run wrote."""
+    from tinyrobust.train import loop
+
+    real_save = loop.save_checkpoint
+
+    def save_then_crash(path, state):
+        real_save(path, state)
+        if state["epoch"] == crash_epoch:
+            raise _Crash
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    try:
+        with pytest.raises(_Crash):
+            trainer(run_dir, **sections)
+    finally:
+        monkeypatch.setattr(loop, "save_checkpoint", real_save)
+
+
 def shipped_grid_with_tiny_budget(name: str, attack_n: int = 8) -> Dict[str, Any]:
     """The shipped reproduce grid ``name`` (same models, attacks and roles) as a dict, with one
     seconds-scale budget ``tiny`` (1 epoch, every attack a few steps or queries)."""

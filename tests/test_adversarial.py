@@ -20,10 +20,10 @@ from tinyrobust.train.checkpoint import load_checkpoint
 from tinyrobust.train.jacobian import frozen_statistics, training_forward
 
 from conftest import (
-    _Crash,
     assert_one_line_error,
     assert_same_weights,
     batch,
+    crash_after_epoch,
     deterministic,
     fake_checks,
     metrics,
@@ -331,17 +331,7 @@ def test_resume_after_a_crash_is_exact(train_tiny, tmp_path, monkeypatch, jr, ep
         jr=jr,
     )
     ref_dir, ref_summary = train_tiny(tmp_path / "ref", **sections)
-    real_save = loop.save_checkpoint
-
-    def save_then_crash(path, state):
-        real_save(path, state)
-        if state["epoch"] == 1:
-            raise _Crash
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
-    with pytest.raises(_Crash):
-        train_tiny(tmp_path / "crashed", **sections)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    crash_after_epoch(monkeypatch, train_tiny, tmp_path / "crashed", **sections)
     assert load_checkpoint(tmp_path / "crashed" / "checkpoint.pt")["guard"]["best_epoch"] == 1
     _, summary = train_tiny(tmp_path / "crashed", resume=True, **sections)
 

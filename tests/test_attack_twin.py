@@ -16,7 +16,15 @@ from tinyrobust.train import loop
 from tinyrobust.train.adversarial import AttackTwin, _input_grad, adversarial_generator, pgd
 from tinyrobust.train.jacobian import frozen_statistics
 
-from conftest import _Crash, assert_same_weights, batch, deterministic, metrics, same_statistics, statistics
+from conftest import (
+    assert_same_weights,
+    batch,
+    crash_after_epoch,
+    deterministic,
+    metrics,
+    same_statistics,
+    statistics,
+)
 
 
 def model_of(name="qnn", weight="int4", act="int4"):
@@ -171,17 +179,7 @@ def test_training_falls_back_to_the_model_without_a_twin(train_tiny, monkeypatch
 def test_resume_with_the_twin_is_exact(train_tiny, tmp_path, monkeypatch):
     short_statistics_phase(monkeypatch)
     ref_dir, _ = train_tiny(tmp_path / "ref", **ADV_RUN)
-    real_save = loop.save_checkpoint
-
-    def save_then_crash(path, state):
-        real_save(path, state)
-        if state["epoch"] == 1:
-            raise _Crash
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
-    with pytest.raises(_Crash):
-        train_tiny(tmp_path / "crashed", **ADV_RUN)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    crash_after_epoch(monkeypatch, train_tiny, tmp_path / "crashed", **ADV_RUN)
     train_tiny(tmp_path / "crashed", resume=True, **ADV_RUN)
     assert [r["attack_twin_steps"] for r in metrics(tmp_path / "crashed")] == [2, 4]
     assert_same_weights(ref_dir, tmp_path / "crashed")

@@ -21,7 +21,16 @@ from tinyrobust.runs import load_run
 from tinyrobust.train import loop
 from tinyrobust.train.checkpoint import load_checkpoint
 
-from conftest import DETERMINISTIC, _Crash, assert_same_weights, deterministic, metrics, run_cli, tiny_config_dict  # noqa: F401
+from conftest import (  # noqa: F401
+    DETERMINISTIC,
+    _Crash,
+    assert_same_weights,
+    crash_after_epoch,
+    deterministic,
+    metrics,
+    run_cli,
+    tiny_config_dict,
+)
 
 RUN_FILES = {"config.yaml", "env.json", "metrics.jsonl", "checkpoint.pt", "model.safetensors", "summary.json"}
 
@@ -147,17 +156,7 @@ def test_resume_after_a_crash_is_exact(train_tiny, tmp_path, monkeypatch, case):
     sections["train"] = {"epochs": 3, "max_batches_per_epoch": 2, **sections.get("train", {})}
     ref_dir, ref_summary = train_tiny(tmp_path / "ref", **sections)
 
-    real_save = loop.save_checkpoint
-
-    def save_then_crash(path, state):
-        real_save(path, state)
-        if state["epoch"] == 1:
-            raise _Crash
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
-    with pytest.raises(_Crash):
-        train_tiny(tmp_path / "crashed", **sections)
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    crash_after_epoch(monkeypatch, train_tiny, tmp_path / "crashed", **sections)
     assert not (tmp_path / "crashed" / "model.safetensors").exists()
     _, summary = train_tiny(tmp_path / "crashed", resume=True, **sections)
 

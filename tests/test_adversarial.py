@@ -33,6 +33,8 @@ from conftest import (
     tiny_config_dict,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # conftest: one torch thread
+
 ADV = "train.adversarial"
 
 

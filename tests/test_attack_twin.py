@@ -26,6 +26,8 @@ from conftest import (
     statistics,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # conftest: one torch thread
+
 
 def model_of(name="qnn", weight="int4", act="int4"):
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ from tinyrobust.config import QuantConfig
 from tinyrobust.models import build_model
 from tinyrobust.train import loop
 from tinyrobust.train.adversarial import AttackTwin, _input_grad, adversarial_generator, pgd
+from tinyrobust.train.checkpoint import runtime_stats_scalers
 from tinyrobust.train.jacobian import frozen_statistics
 
 from conftest import (
@@ -41,9 +42,8 @@ def past_statistics_phase(model):
     ``collect_stats_steps`` training steps end with)."""
     model.train()
     model(batch(16, 5)[0])
-    for m in model.modules():
-        if hasattr(m, "collect_stats_steps") and hasattr(m, "init_scale"):
-            m.init_scale()
+    for m in runtime_stats_scalers(model).values():
+        m.init_scale()
 
 
 def sgd_step(model, seed=3):
@@ -129,9 +129,8 @@ def short_statistics_phase(monkeypatch, steps=1):
     real_prepare, real_restore = loop.prepare, loop.restore_quant_runtime_state
 
     def shorten(model):
-        for m in model.modules():
-            if hasattr(m, "collect_stats_steps") and hasattr(m, "counter"):
-                m.collect_stats_steps = steps
+        for m in runtime_stats_scalers(model).values():
+            m.collect_stats_steps = steps
 
     def prepare(*a, **kw):
         prep = real_prepare(*a, **kw)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from ..errors import ExportError
 from ..models.freeze import FrozenQuantReLU, frozen_copy, frozen_replacements
 from ..stats import wilson
+from .checkpoint import runtime_stats_scalers
 from .jacobian import frozen_statistics, training_forward
 
 
@@ -165,7 +166,7 @@ class AttackTwin:
         replaced = tuple(n + "." for n in replacements)
         own = dict(model.named_parameters())
         self._params = [(own[n], p) for n, p in self.twin.named_parameters() if n in own and not n.startswith(replaced)]
-        self._stat_scalers = [m for m in model.modules() if hasattr(m, "collect_stats_steps") and hasattr(m, "counter")]
+        self._stat_scalers = list(runtime_stats_scalers(model).values())
         self.disabled: Optional[str] = None
         self._checked = False
 

@@ -52,6 +52,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def runtime_stats_scalers(model: torch.nn.Module) -> Dict[str, torch.nn.Module]:
+    """Module path -> every Brevitas runtime-statistics scale of ``model``
+    (``ParameterFromRuntimeStatsScaling``: a running average of its input range for its first
+    ``collect_stats_steps`` training forwards, a learned parameter after)."""
+    from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
+
+    return {name: m for name, m in model.named_modules() if isinstance(m, ParameterFromRuntimeStatsScaling)}
+
+
 def quant_runtime_state(model: torch.nn.Module) -> Dict[str, Dict[str, Any]]:
     """Training state of Brevitas quantizers that ``state_dict`` leaves out.
 
@@ -61,17 +70,10 @@ def quant_runtime_state(model: torch.nn.Module) -> Dict[str, Dict[str, Any]]:
     saves the running average in place of the parameter, and loading it ends the collection phase
     at once; a run resumed from such a state dict would follow a different path. This records the
     counter, the running average and the raw parameter per module name."""
-    from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
-
-    out: Dict[str, Dict[str, Any]] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, ParameterFromRuntimeStatsScaling):
-            out[name] = {
-                "counter": int(m.counter),
-                "buffer": m.buffer.detach().clone(),
-                "value": m.value.detach().clone(),
-            }
-    return out
+    return {
+        name: {"counter": int(m.counter), "buffer": m.buffer.detach().clone(), "value": m.value.detach().clone()}
+        for name, m in runtime_stats_scalers(model).items()
+    }
 
 
 def restore_quant_runtime_state(model: torch.nn.Module, state: Dict[str, Dict[str, Any]]) -> None:
